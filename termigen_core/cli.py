@@ -75,6 +75,9 @@ def cli(ctx: click.Context, plugin_specs: tuple[str, ...], disabled: tuple[str, 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
     if verbose:
         logging.getLogger("termigen").setLevel(logging.DEBUG)
+    from .progress import contain_library_logging
+
+    contain_library_logging(verbose=verbose)  # litellm/httpx chatter: run.log only, never the console
 
 
 # --- run ------------------------------------------------------------------------
@@ -90,7 +93,7 @@ def cli(ctx: click.Context, plugin_specs: tuple[str, ...], disabled: tuple[str, 
 def run(ctx: click.Context, config_file: Path, overrides: tuple[str, ...], out_dir: Path | None, as_json: bool, progress: bool | None) -> None:
     """Run (or resume) the pipeline in CONFIG_FILE."""
     from .progress import make_reporter
-    from .runner import STATUS_BUDGET, STATUS_COMPLETED, STATUS_INTERRUPTED, Runner
+    from .runner import Runner
 
     host = _host(ctx)
     pipeline = _load(host, config_file, overrides)
@@ -109,8 +112,9 @@ def run(ctx: click.Context, config_file: Path, overrides: tuple[str, ...], out_d
         click.echo(json.dumps(summary.as_dict(), indent=2, default=str))
     else:
         reporter.print_summary(summary)
-    codes = {STATUS_COMPLETED: 0, STATUS_BUDGET: 3, STATUS_INTERRUPTED: 130}
-    ctx.exit(codes.get(summary.status, 1))
+    # 0 completed, 1 failed or stopped by an infrastructure error (4: the container engine),
+    # 3 budget spent, 5 completed with no final item or too many failed items, 130 interrupted
+    ctx.exit(summary.exit_code)
 
 
 def _load(host: PluginHost, config_file: Path, overrides: tuple[str, ...] | list[str]) -> Any:
@@ -141,21 +145,40 @@ def status(run_dir: Path, as_json: bool) -> None:
             "llm": {"paid_calls": store.llm_call_count(), "cost_usd": round(store.total_llm_cost(), 6), "by_role": store.llm_usage()},
             "invocations": store.invocations(),
             "failures": [
-                {"item": r["item_id"], "stage": r["stage_name"], "status": r["status"], "reason": r["reason"]}
+                {
+                    "item": r["item_id"], "stage": r["stage_name"], "status": r["status"], "reason": r["reason"],
+                    # failed: "infrastructure" (model API, container engine, disk: retried on resume) or "task"
+                    "kind": (r.get("failure_kind") or "task") if r["status"] == "failed" else None,
+                }
                 for r in store.stage_rows() if r["status"] in ("failed", "rejected")
             ],
         }
     finally:
         store.close()
+    summary_file = run_dir / "summary.json"
+    if summary_file.exists():
+        try:
+            last = json.loads(summary_file.read_text(encoding="utf-8"))
+            data["last_run"] = {k: last.get(k) for k in ("status", "message", "exit_code", "final_items", "health")}
+        except (OSError, ValueError):
+            pass
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(f"run {data['run_id']}")
     for row in data["stages"]:
-        click.echo(f"  stage {row['stage_index']} {row['stage_name']:<16} {row['status']:<9} {row['n']}")
+        label = row["status"] if row["status"] != "failed" else f"failed ({row.get('failure_kind') or 'task'})"
+        click.echo(f"  stage {row['stage_index']} {row['stage_name']:<16} {label:<24} {row['n']}")
     click.echo(f"  LLM: {data['llm']['paid_calls']} paid calls, ${data['llm']['cost_usd']:.4f}")
+    last_run = data.get("last_run")
+    if last_run and last_run.get("status"):
+        ended = f"  last invocation: {last_run['status']}"
+        if last_run.get("exit_code") is not None:
+            ended += f" (exit code {last_run['exit_code']})"
+        click.echo(ended + (f" — {last_run['message']}" if last_run.get("message") else ""))
     for failure in data["failures"][:20]:
-        click.echo(f"  {failure['status']}: {failure['item']} at {failure['stage']}: {failure['reason']}")
+        label = failure["status"] if failure["status"] != "failed" else f"failed ({failure['kind']})"
+        click.echo(f"  {label}: {failure['item']} at {failure['stage']}: {failure['reason']}")
 
 
 # --- plugins and components ----------------------------------------------------------

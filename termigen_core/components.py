@@ -13,18 +13,19 @@ new kind is one entry here plus one hookspec.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # imported for annotations only: keeps import time low
     from .context import ExportContext, StageContext
     from .errors import ConfigIssue
-    from .plugins import ComponentRegistry
     from .items import Item
-    from .llm import LLMRequest, LLMResponse
+    from .llm import LLMRequest, LLMResponse, ModelCapabilities
+    from .plugins import ComponentRegistry
     from .sandbox import BuildResult, Sandbox, SandboxSpec
 
 
@@ -46,7 +47,7 @@ class Component:
         self.config = config if config is not None else self.Config()
 
     @classmethod
-    def check_config(cls, config: ComponentConfig, registry: "ComponentRegistry") -> list["ConfigIssue"]:
+    def check_config(cls, config: ComponentConfig, registry: ComponentRegistry) -> list[ConfigIssue]:
         """Extra validation needing other components (e.g. a stage naming a seed source).
 
         Issue paths are relative to this component's ``with:`` block. Called in
@@ -67,7 +68,7 @@ class SeedSource(Component):
     kind = "seed_source"
 
     @abc.abstractmethod
-    def seeds(self, ctx: "StageContext") -> Iterable[dict[str, Any]]:
+    def seeds(self, ctx: StageContext) -> Iterable[dict[str, Any]]:
         """Yield seed dicts with at least ``text`` and ``category``."""
 
 
@@ -85,9 +86,27 @@ class LLMBackend(Component):
         """Return problems (e.g. a missing API key) found before the run starts."""
         return []
 
+    def capabilities(self, settings: Any) -> ModelCapabilities:
+        """What this backend can ask of ``settings.model`` (structured output, tools, caching,
+        context window). The default promises nothing: replies are parsed from plain text."""
+        from .llm import ModelCapabilities
+
+        return ModelCapabilities()
+
+    def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
+        """The prompt's size in tokens; the default estimates 4 characters a token."""
+        from .llm import message_text
+
+        return sum(len(message_text(m)) for m in messages) // 4 + 4 * len(messages)
+
     @abc.abstractmethod
-    def complete(self, request: "LLMRequest") -> "LLMResponse":
-        """Perform one completion; raise :class:`TransientLLMError` to ask for a retry."""
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        """Perform one completion; raise :class:`TransientLLMError` to ask for a retry.
+
+        Honour ``request.response_schema``/``structured_output``, ``request.tools`` and
+        ``request.prompt_caching`` where the provider can, and say what was used in
+        ``LLMResponse.structured_mode`` (a backend that ignores them reports ``off``).
+        """
 
 
 class Executor(Component):
@@ -100,11 +119,11 @@ class Executor(Component):
         """Raise :class:`~termigen_core.errors.ExecutorUnavailable` if the engine is not usable."""
 
     @abc.abstractmethod
-    def open(self, spec: "SandboxSpec") -> "Sandbox":
+    def open(self, spec: SandboxSpec) -> Sandbox:
         """Start a container for ``spec`` and return a sandbox bound to it."""
 
     @abc.abstractmethod
-    def build(self, context_dir: str, tag: str, *, timeout_s: float = 1800) -> "BuildResult":
+    def build(self, context_dir: str, tag: str, *, timeout_s: float = 1800) -> BuildResult:
         """Build ``context_dir`` (which holds a Dockerfile) into ``tag``."""
 
     @abc.abstractmethod
@@ -142,7 +161,7 @@ class Verifier(Component):
     kind = "verifier"
 
     @abc.abstractmethod
-    def verify(self, item: "Item", ctx: "StageContext") -> list[Finding]:
+    def verify(self, item: Item, ctx: StageContext) -> list[Finding]:
         """Return findings; an empty list means the item passes."""
 
 
@@ -164,13 +183,13 @@ class Stage(Component):
     #: LLM roles the stage calls (``llm.roles`` keys are checked against these).
     roles: ClassVar[tuple[str, ...]] = ()
 
-    def produce(self, ctx: "StageContext") -> list["Item"]:
+    def produce(self, ctx: StageContext) -> list[Item]:
         raise NotImplementedError(f"stage {self.name!r} is not a source stage")
 
-    def process(self, item: "Item", ctx: "StageContext") -> "Item | list[Item]":
+    def process(self, item: Item, ctx: StageContext) -> Item | list[Item]:
         raise NotImplementedError(f"stage {self.name!r} does not process items")
 
-    def summarize(self, outputs: list["Item"]) -> dict[str, Any]:
+    def summarize(self, outputs: list[Item]) -> dict[str, Any]:
         """Figures for the run report from this stage's finished outputs (e.g. build attempts)."""
         return {}
 
@@ -181,7 +200,7 @@ class Exporter(Component):
     kind = "exporter"
 
     @abc.abstractmethod
-    def export(self, items: list["Item"], ctx: "ExportContext") -> dict[str, Any]:
+    def export(self, items: list[Item], ctx: ExportContext) -> dict[str, Any]:
         """Write ``items``; return a summary (paths written, counts) for the run report."""
 
 
@@ -209,7 +228,7 @@ KINDS: dict[str, KindInfo] = {
 }
 
 
-def resolve_relative_paths(config: ComponentConfig, base_dir: "Path") -> ComponentConfig:
+def resolve_relative_paths(config: ComponentConfig, base_dir: Path) -> ComponentConfig:
     """Make the config's relative ``Path`` options relative to ``base_dir`` (the config file's folder).
 
     Only fields typed as ``pathlib.Path`` are touched, so a component opts in by
@@ -225,7 +244,7 @@ def resolve_relative_paths(config: ComponentConfig, base_dir: "Path") -> Compone
     return config.model_copy(update=updates) if updates else config
 
 
-def instantiate(cls: type[Component], options: dict[str, Any] | ComponentConfig, base_dir: "Path") -> Component:
+def instantiate(cls: type[Component], options: dict[str, Any] | ComponentConfig, base_dir: Path) -> Component:
     """Validate ``options`` against ``cls.Config`` and build the component."""
     config = options if isinstance(options, ComponentConfig) else cls.Config.model_validate(options)
     return cls(resolve_relative_paths(config, base_dir))

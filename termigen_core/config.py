@@ -53,11 +53,31 @@ class RunSection(_Section):
     container_concurrency: int = Field(default=2, ge=1, le=256, description="sandboxes open at once")
     budget_usd: float | None = Field(default=None, ge=0, description="stop cleanly once this much is spent")
     user_llm_cache: bool = Field(default=False, description="share LLM answers across runs (user cache dir)")
+    max_failed_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description=(
+            "`termigen run` exits 5 when more than this share of the items that reached an outcome failed "
+            "(failed items / items done, rejected or failed at some stage, or produced by the source stage; "
+            "rejected items never count as failed), or when no item finished the last stage"
+        ),
+    )
 
 
 class LLMSection(_Section):
+    """Models per role, and each backend's options in one place.
+
+    Backend options (a script file, an ``api_base``, prices) live under
+    ``backends.<name>``, so switching a role's backend (``-s
+    llm.default.backend=litellm``) leaves nothing dangling. A role may still set
+    options of its own backend inline (a critic on another server); inline options
+    of a backend the role does not use are dropped with a note.
+    """
+
     default: RoleSettings = Field(default_factory=RoleSettings)
     roles: dict[str, RoleSettings] = Field(default_factory=dict)
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options of each backend, by backend name")
 
 
 class ComponentRef(_Section):
@@ -99,8 +119,11 @@ class ResolvedPipeline:
         stages: list[tuple[type, ComponentConfig]],
         exports: list[tuple[type, ComponentConfig]],
         executor: tuple[type, ComponentConfig],
+        notes: list[str] | None = None,
     ) -> None:
         self.config = config
+        #: Things the user should know that are not errors (e.g. options dropped by a backend switch).
+        self.notes = notes or []
         self.source = source
         self.raw = raw
         self.stages = stages
@@ -304,7 +327,7 @@ def parse_shape(data: dict[str, Any]) -> tuple[PipelineConfig | None, list[Confi
 
 
 def _check_component(
-    registry: "ComponentRegistry", kind: str, ref: ComponentRef, path: str, base_dir: Path
+    registry: ComponentRegistry, kind: str, ref: ComponentRef, path: str, base_dir: Path
 ) -> tuple[tuple[type, ComponentConfig] | None, list[ConfigIssue]]:
     try:
         cls = registry.get(kind, ref.use)
@@ -320,11 +343,11 @@ def _check_component(
 
 
 def _check_llm(
-    registry: "ComponentRegistry", llm: LLMSection, roles_used: set[str], base_dir: Path
-) -> list[ConfigIssue]:
+    registry: ComponentRegistry, llm: LLMSection, roles_used: set[str]
+) -> tuple[LLMSection, list[ConfigIssue], list[str]]:
+    """Check every role's backend and options; return the section with foreign inline options dropped."""
     issues: list[ConfigIssue] = []
-    entries: list[tuple[str, RoleSettings]] = [("llm.default", llm.default)]
-    entries += [(f"llm.roles.{name}", settings) for name, settings in llm.roles.items()]
+    notes: list[str] = []
     for name in llm.roles:
         if roles_used and name not in roles_used:
             issues.append(
@@ -334,30 +357,82 @@ def _check_llm(
                     f"roles in use: {', '.join(sorted(roles_used))}",
                 )
             )
-    for path, settings in entries:
-        if path != "llm.default":
-            settings = merge_role_settings(llm.default, settings)
-        try:
-            cls = registry.get("llm_backend", settings.backend)
-        except ComponentNotFound as exc:
-            issues.append(ConfigIssue(f"{path}.backend", str(exc)))
+    installed = registry.names("llm_backend")
+    for backend, options in llm.backends.items():
+        if backend not in installed:
+            issues.append(ConfigIssue(f"llm.backends.{backend}", f"no LLM backend named {backend!r}{did_you_mean(backend, installed)}; installed: {', '.join(installed)}"))
             continue
-        options = settings.backend_options()
+        fields = registry.get("llm_backend", backend).Config.model_fields
+        issues += [
+            ConfigIssue(f"llm.backends.{backend}.{key}", f"unknown key for backend {backend!r}{did_you_mean(key, list(fields))}")
+            for key in options if key not in fields
+        ]
+
+    default, found, dropped = _drop_foreign_options(registry, "llm.default", llm.default)
+    issues += found
+    notes += dropped
+    roles: dict[str, RoleSettings] = {}
+    for name, override in llm.roles.items():
+        roles[name], found, dropped = _drop_foreign_options(registry, f"llm.roles.{name}", override, default)
+        issues += found
+        notes += dropped
+    cleaned = llm.model_copy(update={"default": default, "roles": roles})
+
+    entries = [("llm.default", default)] + [(f"llm.roles.{n}", merge_role_settings(default, o)) for n, o in roles.items()]
+    for path, settings in entries:
+        if settings.backend not in installed:
+            continue  # reported by _drop_foreign_options
+        cls = registry.get("llm_backend", settings.backend)
+        shared = llm.backends.get(settings.backend, {})
         try:
-            cls.Config.model_validate(options)
+            cls.Config.model_validate({**shared, **settings.backend_options()})
         except ValidationError as exc:
             for issue in issues_from_validation(exc, cls.Config, path):
+                key = issue.path.rsplit(".", 1)[-1]
                 if issue.message.startswith("unknown key"):
-                    key = issue.path.rsplit(".", 1)[-1]
-                    hint = did_you_mean(key, [*COMMON_SETTINGS, *cls.Config.model_fields])
-                    issue = ConfigIssue(issue.path, f"unknown key for backend {settings.backend!r}{hint}")
-                issues.append(issue)
-    return issues
+                    continue  # reported above, with the right path
+                if key in shared and key not in settings.backend_options():
+                    issue = ConfigIssue(f"llm.backends.{settings.backend}.{key}", issue.message)
+                elif issue.message == "Field required":
+                    issue = ConfigIssue(issue.path, f"required by backend {settings.backend!r}: set it under llm.backends.{settings.backend}.{key} (or on the role)")
+                if issue not in issues:
+                    issues.append(issue)
+    return cleaned, issues, notes
+
+
+def _drop_foreign_options(
+    registry: ComponentRegistry, path: str, settings: RoleSettings, default: RoleSettings | None = None
+) -> tuple[RoleSettings, list[ConfigIssue], list[str]]:
+    """Inline options of another installed backend are dropped with a note; unknown ones are errors."""
+    backend = settings.backend if default is None or "backend" in settings.model_fields_set else default.backend
+    try:
+        fields = registry.get("llm_backend", backend).Config.model_fields
+    except ComponentNotFound as exc:
+        return settings, [ConfigIssue(f"{path}.backend", str(exc))], []
+    others = {
+        key: name for name in registry.names("llm_backend") if name != backend
+        for key in registry.get("llm_backend", name).Config.model_fields
+    }
+    keep: dict[str, Any] = {}
+    issues: list[ConfigIssue] = []
+    notes: list[str] = []
+    for key, value in settings.backend_options().items():
+        if key in fields:
+            keep[key] = value
+        elif key in others:
+            notes.append(f"{path}.{key}: ignored: it is an option of backend {others[key]!r} and this role uses {backend!r} (put backend options under llm.backends.<name>)")
+        else:
+            hint = did_you_mean(key, [*COMMON_SETTINGS, *fields])
+            issues.append(ConfigIssue(f"{path}.{key}", f"unknown key for backend {backend!r}{hint}"))
+    if len(keep) == len(settings.backend_options()):
+        return settings, issues, notes
+    common = settings.model_dump(include=settings.model_fields_set & set(COMMON_SETTINGS))
+    return RoleSettings.model_validate({**common, **keep}), issues, notes
 
 
 def resolve_pipeline(
     data: dict[str, Any],
-    registry: "ComponentRegistry",
+    registry: ComponentRegistry,
     *,
     source: Path | None = None,
     environ: dict[str, str] | None = None,
@@ -395,16 +470,18 @@ def resolve_pipeline(
             exports.append(found)
     executor, problems = _check_component(registry, "executor", config.executor, "executor", base_dir)
     issues += problems
-    issues += _check_llm(registry, config.llm, roles_used, base_dir)
+    llm, llm_issues, notes = _check_llm(registry, config.llm, roles_used)
+    issues += llm_issues
     if issues:
         raise ConfigError(issues, source=src)
     assert executor is not None
-    return ResolvedPipeline(config, source=source, raw=data, stages=stages, exports=exports, executor=executor)
+    config = config.model_copy(update={"llm": llm})
+    return ResolvedPipeline(config, source=source, raw=data, stages=stages, exports=exports, executor=executor, notes=notes)
 
 
 def load_pipeline(
     path: str | Path,
-    registry: "ComponentRegistry",
+    registry: ComponentRegistry,
     *,
     overrides: list[str] = (),  # type: ignore[assignment]
     user_defaults: dict[str, Any] | None = None,
@@ -435,7 +512,7 @@ def load_user_defaults(path: Path) -> dict[str, Any]:
     return data
 
 
-def json_schema(registry: "ComponentRegistry") -> dict[str, Any]:
+def json_schema(registry: ComponentRegistry) -> dict[str, Any]:
     """JSON Schema of pipeline files for the installed components (editors use it)."""
     schema = PipelineConfig.model_json_schema(by_alias=True)
     defs = schema.setdefault("$defs", {})
@@ -465,10 +542,10 @@ def json_schema(registry: "ComponentRegistry") -> dict[str, Any]:
 
 
 __all__ = [
+    "KINDS",
     "PipelineConfig",
     "ResolvedPipeline",
+    "json_schema",
     "load_pipeline",
     "resolve_pipeline",
-    "json_schema",
-    "KINDS",
 ]

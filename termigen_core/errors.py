@@ -47,7 +47,23 @@ class ComponentNotFound(TermigenError):
     """A config or command names a component no plugin provides."""
 
 
-class ExecutorUnavailable(TermigenError):
+class InfrastructureError(TermigenError):
+    """Something outside the task failed: the model API, the container engine, the disk, the network.
+
+    Kept apart from task outcomes everywhere (store, report, exit code), so an
+    outage never reads as a bad task. Such failures are retried on resume.
+    """
+
+    #: True when going on cannot help (an API key the provider refuses): the run stops at once.
+    stops_run: bool = False
+
+    def __init__(self, message: str, *, stops_run: bool | None = None) -> None:
+        super().__init__(message)
+        if stops_run is not None:
+            self.stops_run = stops_run
+
+
+class ExecutorUnavailable(InfrastructureError):
     """The container engine cannot be reached (daemon stopped, socket missing)."""
 
     exit_code = 4

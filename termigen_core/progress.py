@@ -4,6 +4,13 @@ The reporter is an ordinary plugin object registered for the run: it listens
 to the same lifecycle hooks any tracking plugin can implement, which keeps
 those hooks honest. Every line also goes to ``<run_dir>/run.log``, because a
 run that lasts days is inspected from its log, not from a scrollback.
+
+Model client libraries log a lot (litellm prints several INFO lines per call,
+to stdout through a handler of its own, and again through the root logger).
+:func:`contain_library_logging` keeps all of that off the console without
+importing them: their loggers are configured by name, refuse console handlers
+(litellm adds one when it is imported, later, on the first call) and do not
+propagate; while a run is on, their records go to ``run.log`` at DEBUG level.
 """
 
 from __future__ import annotations
@@ -23,6 +30,92 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("termigen")
 
+#: Loggers of the model client libraries (and their HTTP clients): run.log only, never the console.
+LIBRARY_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm", "httpx", "httpcore", "openai")
+
+
+def _is_library(name: str) -> bool:
+    return any(name == lib or name.startswith(lib + ".") for lib in LIBRARY_LOGGERS)
+
+
+def _is_console_handler(handler: logging.Handler) -> bool:
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and not getattr(handler, "termigen_owned", False)
+    )
+
+
+class _ContainedLogger(logging.Logger):
+    """A library logger that refuses console handlers (litellm adds one to stdout/stderr at import)."""
+
+    def addHandler(self, hdlr: logging.Handler) -> None:
+        if _is_console_handler(hdlr):
+            return
+        super().addHandler(hdlr)
+
+
+class _LibraryRecords(logging.Filter):
+    """On run.log's handler: library records become DEBUG lines (warnings keep their level);
+    their own DEBUG records are dropped unless ``-v`` (they may hold request bodies)."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _is_library(record.name):
+            return True
+        if record.levelno < logging.INFO and not self.verbose:
+            return False
+        if record.levelno < logging.WARNING:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+class _RunLogFormatter(logging.Formatter):
+    """``run.log`` lines; a library's are tagged with its logger and kept on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not _is_library(record.name):
+            return super().format(record)
+        saved = record.msg, record.args
+        try:
+            message = " ".join(record.getMessage().split())
+        except Exception:  # noqa: BLE001 - a library's bad format string must not break logging
+            message = str(record.msg)
+        record.msg, record.args = f"[{record.name}] {message}", None
+        try:
+            return super().format(record)
+        finally:
+            record.msg, record.args = saved
+
+
+_library_verbose = False
+
+
+def contain_library_logging(*, verbose: bool = False) -> None:
+    """Keep the model libraries' logging off the console (call before any of them is imported).
+
+    Works by logger name, so nothing is imported: each library logger gets a class that
+    refuses console handlers, loses any it already has, stops propagating to the root
+    logger's console handler, and keeps a ``NullHandler`` (so Python's last-resort handler
+    never prints its warnings either). :class:`Reporter` adds ``run.log`` to them for a run.
+    """
+    global _library_verbose
+    _library_verbose = verbose
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if type(logger) is logging.Logger:
+            logger.__class__ = _ContainedLogger
+        for handler in list(logger.handlers):
+            if _is_console_handler(handler):
+                logger.removeHandler(handler)
+        logger.propagate = False
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
 
 class Reporter:
     """Counts per stage and status, LLM spend; prints plain lines."""
@@ -35,17 +128,24 @@ class Reporter:
         self._lock = threading.Lock()
         self._file_handler: logging.Handler | None = None
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         handler = logging.FileHandler(self.run_dir / "run.log", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(_RunLogFormatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.addFilter(_LibraryRecords(_library_verbose))
         log.addHandler(handler)
         if log.level == logging.NOTSET or log.level > logging.INFO:
             log.setLevel(logging.INFO)
+        for name in LIBRARY_LOGGERS:
+            logger = logging.getLogger(name)
+            if isinstance(logger, _ContainedLogger):  # contained by the CLI: their lines belong in run.log
+                logger.addHandler(handler)
         self._file_handler = handler
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._file_handler is not None:
+            for name in LIBRARY_LOGGERS:
+                logging.getLogger(name).removeHandler(self._file_handler)
             log.removeHandler(self._file_handler)
             self._file_handler.close()
 
@@ -60,7 +160,7 @@ class Reporter:
         log.info("stage %d %s: started", stage_index, stage_name)
 
     @hookimpl
-    def termigen_item_event(self, run_id: str, stage_index: int, stage_name: str, item: "Item", status: str, reason: str | None) -> None:
+    def termigen_item_event(self, run_id: str, stage_index: int, stage_name: str, item: Item, status: str, reason: str | None) -> None:
         with self._lock:
             self.counts[(stage_index, stage_name)][status] += 1
         self.show_item(stage_index, stage_name, item, status, reason)
@@ -69,7 +169,7 @@ class Reporter:
     def termigen_llm_call(self, run_id: str, record: dict[str, Any]) -> None:
         with self._lock:
             self.calls += 1
-            self.cost += record.get("cost_usd", 0.0)
+            self.cost += record.get("cost_usd") or 0.0  # None: a price the backend does not know
         self.refresh()
 
     @hookimpl
@@ -78,7 +178,7 @@ class Reporter:
 
     # -- display -----------------------------------------------------------------
 
-    def show_item(self, stage_index: int, stage_name: str, item: "Item", status: str, reason: str | None) -> None:
+    def show_item(self, stage_index: int, stage_name: str, item: Item, status: str, reason: str | None) -> None:
         suffix = f": {reason}" if reason else ""
         level = logging.WARNING if status == "failed" else logging.INFO
         log.log(level, "stage %d %s: %s %s%s", stage_index, stage_name, item.id, status, suffix)
@@ -86,15 +186,19 @@ class Reporter:
     def refresh(self) -> None:
         """Live displays redraw here; plain output has nothing to do."""
 
-    def print_summary(self, summary: "RunSummary") -> None:
+    def print_summary(self, summary: RunSummary) -> None:
         import click
 
         click.echo(f"\nrun {summary.run_id}: {summary.status}" + (f" — {summary.message}" if summary.message else ""))
-        click.echo(f"  {'stage':<20}{'in':>6}{'out':>6}{'rejected':>10}{'failed':>8}{'pending':>9}{'LLM calls':>11}{'tokens':>9}")
+        click.echo(
+            f"  {'stage':<20}{'in':>6}{'out':>6}{'rejected':>10}{'failed':>8}{'(infra':>8}{'task)':>7}"
+            f"{'pending':>9}{'LLM calls':>11}{'tokens':>9}"
+        )
         for stage in summary.stages:
             click.echo(
                 f"  {str(stage['index']) + ' ' + stage['stage']:<20}{stage['in']:>6}{stage['out']:>6}{stage['rejected']:>10}"
-                f"{stage['failed']:>8}{stage['pending']:>9}{stage['llm_calls']:>11}{stage['tokens']:>9}"
+                f"{stage['failed']:>8}{stage.get('failed_infrastructure', 0):>8}{stage.get('failed_task', stage['failed']):>7}"
+                f"{stage['pending']:>9}{stage['llm_calls']:>11}{stage['tokens']:>9}"
             )
         llm = summary.llm
         now = llm["this_invocation"]
@@ -107,13 +211,22 @@ class Reporter:
                 f"{k}={v}" for k, v in export.items() if k not in ("exporter", "seconds")
             )
             click.echo(f"  export {export['exporter']}: {detail}")
+        health = summary.health
+        if health and health.get("failed_items"):
+            click.echo(
+                f"  failed items: {health['failed_items']} of {health['finished_items']} "
+                f"({health['failed_fraction']:.0%}; limit run.max_failed_fraction {health['max_failed_fraction']:.0%}): "
+                f"{health['failed_infrastructure']} infrastructure, {health['failed_task']} task"
+            )
         click.echo(f"  {summary.final_items} final items; report: {summary.run_dir}/report.md")
+        if summary.exit_code:
+            click.echo(f"  exit code {summary.exit_code}: {summary.message or summary.status}")
 
 
 class LiveReporter(Reporter):
     """A rich live table on a terminal (log lines still go to run.log)."""
 
-    def __enter__(self) -> "LiveReporter":
+    def __enter__(self) -> LiveReporter:
         super().__enter__()
         from rich.console import Console
         from rich.live import Live
@@ -151,7 +264,7 @@ class LiveReporter(Reporter):
                 table.add_row(f"{index} {name}", *(str(counts.get(k, 0)) for k in ("done", "skipped", "rejected", "failed")))
         return table
 
-    def show_item(self, stage_index: int, stage_name: str, item: "Item", status: str, reason: str | None) -> None:
+    def show_item(self, stage_index: int, stage_name: str, item: Item, status: str, reason: str | None) -> None:
         super().show_item(stage_index, stage_name, item, status, reason)
         self.refresh()
 

@@ -11,12 +11,32 @@ done (and replays stored LLM answers for whatever is redone), so a crash or
 Outcomes of a step: ``done`` (outputs move on), ``rejected`` (a quality gate
 said no, with a reason: final), ``failed`` (an error, with its reason: retried
 on the next resume), or left ``pending`` (stopped by the budget or Ctrl-C).
+A failure is classified as ``infrastructure`` (the model API, the container
+engine, the disk, the network: :func:`classify_failure`) or ``task``; an
+infrastructure error that says going on cannot help (``stops_run``, e.g. a key
+the provider refuses) stops the run like the budget does.
+
+How a run ends (``RunSummary.status`` → exit code of ``termigen run``):
+
+==========================  ====  ==================================================
+``completed``               0     finished; something was produced and the failed
+                                  share is within ``run.max_failed_fraction``
+``completed_with_problems`` 5     finished, but no final item, or too many items
+                                  failed (:func:`assess_health`); the message says which
+``failed``                  1     the first stage or an exporter failed
+``stopped``                 1     an infrastructure error stopped the run (4 if it was
+                                  the container engine); resumable
+``budget_exhausted``        3     the budget is spent; resumable
+``interrupted``             130   Ctrl-C; resumable
+==========================  ====  ==================================================
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sqlite3
 import threading
 import time
 import traceback
@@ -31,12 +51,21 @@ import yaml
 from .components import Exporter, Stage, instantiate
 from .config import ResolvedPipeline
 from .context import ExportContext, ImagePolicy, RunServices, StageContext
-from .errors import BudgetExceeded, MissingSecret, Reject, RunDirectoryMismatch, TermigenError
+from .errors import (
+    BudgetExceeded,
+    ExecutorUnavailable,
+    InfrastructureError,
+    MissingSecret,
+    ParseError,
+    Reject,
+    RunDirectoryMismatch,
+    TermigenError,
+)
 from .items import Item
-from .llm import CallScope, LLMRouter, merge_role_settings
+from .llm import CallScope, LLMRouter, merge_role_settings, role_backend_options
 from .plugins import PluginHost
 from .sandbox import SandboxSpec
-from .store import SOURCE_ITEM, RunStore
+from .store import FAILURE_INFRASTRUCTURE, FAILURE_TASK, SOURCE_ITEM, RunStore
 
 log = logging.getLogger("termigen")
 
@@ -44,6 +73,18 @@ STATUS_COMPLETED = "completed"
 STATUS_BUDGET = "budget_exhausted"
 STATUS_INTERRUPTED = "interrupted"
 STATUS_FAILED = "failed"
+STATUS_PROBLEMS = "completed_with_problems"
+STATUS_STOPPED = "stopped"
+
+#: ``termigen run``'s exit code per status (see the module docstring).
+EXIT_CODES = {
+    STATUS_COMPLETED: 0,
+    STATUS_FAILED: 1,
+    STATUS_STOPPED: 1,
+    STATUS_BUDGET: 3,
+    STATUS_PROBLEMS: 5,
+    STATUS_INTERRUPTED: 130,
+}
 
 
 @dataclass
@@ -59,6 +100,11 @@ class RunSummary:
     exports: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    #: Failed steps whose cause was infrastructure (also listed in ``failures``).
+    infrastructure_failures: list[dict[str, Any]] = field(default_factory=list)
+    #: What the exit code is judged on (see :func:`assess_health`).
+    health: dict[str, Any] = field(default_factory=dict)
+    exit_code: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -113,8 +159,15 @@ class Runner:
         problems = []
         registry = self.host.registry
         for path, settings in self._roles().items():
-            backend = instantiate(registry.get("llm_backend", settings.backend), settings.backend_options(), self.pipeline.config_dir)
+            options = role_backend_options(self.cfg.llm.backends, settings)
+            backend = instantiate(registry.get("llm_backend", settings.backend), options, self.pipeline.config_dir)
             problems += [f"{path}: {p}" for p in backend.validate_environment(settings)]  # type: ignore[attr-defined]
+            if self.cfg.run.budget_usd is not None and not backend.capabilities(settings).priced:  # type: ignore[attr-defined]
+                problems.append(
+                    f"{path}: run.budget_usd is set, but the price of {settings.model} is unknown, so the budget "
+                    f"cannot be enforced: set input_cost_per_token and output_cost_per_token under "
+                    f"llm.backends.{settings.backend} (0 for a free local model), or remove run.budget_usd"
+                )
         if problems:
             raise MissingSecret("cannot start the run:\n  " + "\n  ".join(problems))
 
@@ -160,6 +213,7 @@ class Runner:
             store=store,
             budget_usd=cfg.run.budget_usd,
             max_concurrent_calls=cfg.run.llm_concurrency,
+            backend_options=cfg.llm.backends,
             on_call=lambda record: self._call_hook("termigen_llm_call", run_id=run_id, record=record),
             user_cache=user_cache,
             base_dir=self.pipeline.config_dir,
@@ -191,31 +245,47 @@ class Runner:
         final: list[Item] = []
         status = STATUS_COMPLETED
         message = ""
+        exit_code: int | None = None
         try:
             final = self._flow(stages, services)
         except KeyboardInterrupt:
             self.cancel("interrupted")
         except BudgetExceeded as exc:  # from a source stage
             self.cancel("budget", str(exc))
+        except InfrastructureError as exc:  # from a source stage
+            if exc.stops_run:
+                self._stop_for(exc)
+            else:
+                status, message = STATUS_FAILED, str(exc)
         except TermigenError as exc:
             status, message = STATUS_FAILED, str(exc)
         if self._stop_reason == "budget":
             status, message = STATUS_BUDGET, self._stop_message
         elif self._stop_reason == "interrupted":
             status, message = STATUS_INTERRUPTED, "interrupted: finished work is saved; re-run the same command to resume"
+        elif self._stop_reason == "infrastructure":
+            status, message = STATUS_STOPPED, self._stop_message
+            exit_code = 4 if isinstance(self._stop_error, ExecutorUnavailable) else 1
 
         exports = []
-        if status in (STATUS_COMPLETED, STATUS_BUDGET):
+        if status in (STATUS_COMPLETED, STATUS_BUDGET, STATUS_STOPPED):
             exports = self._export(final, ExportContext(run_id, self.run_dir, store, registry))
             if any("error" in e for e in exports) and status == STATUS_COMPLETED:
                 status, message = STATUS_FAILED, "an exporter failed (see exports)"
+        health = assess_health(store, len(final), cfg.run.max_failed_fraction)
+        if status == STATUS_COMPLETED and health["problems"]:
+            status = STATUS_PROBLEMS
+            message = "completed, but " + "; ".join(health["problems"])
         summary = self._summarise(store, router, run_id, status, len(final), exports, message)
+        summary.health = health
+        summary.exit_code = EXIT_CODES.get(status, 1) if exit_code is None else exit_code
         (self.run_dir / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str), encoding="utf-8")
         (self.run_dir / "report.md").write_text(render_report(summary), encoding="utf-8")
         self._call_hook("termigen_run_end", run_id=run_id, status=status, summary=summary.as_dict())
         return summary
 
     _stop_message = ""
+    _stop_error: BaseException | None = None
 
     def cancel(self, reason: str, message: str = "") -> None:
         """Stop starting new steps (steps in flight finish and are recorded)."""
@@ -225,8 +295,21 @@ class Runner:
                 self._stop_message = message
             self.cancelled.set()
 
+    def _stop_for(self, exc: InfrastructureError) -> None:
+        """An infrastructure error going on cannot help (a refused key): stop like the budget does."""
+        with self._stop_lock:
+            if not self._stop_reason:
+                self._stop_error = exc
+        self.cancel(
+            "infrastructure",
+            f"stopped by an infrastructure error: {_reason(exc)}. Finished work is saved; fix the cause "
+            "and re-run the same command to resume (the failed steps are retried).",
+        )
+
     def _interrupted(self) -> bool:
-        return self.cancelled.is_set() and self._stop_reason == "interrupted"
+        """Ctrl-C or an infrastructure stop cut the steps in flight short (their sandbox commands
+        are cancelled too): what they return then is not their real outcome."""
+        return self.cancelled.is_set() and self._stop_reason in ("interrupted", "infrastructure")
 
     def _context(self, services: RunServices, index: int, item_id: str) -> StageContext:
         name = self.cfg.stages[index].use
@@ -267,23 +350,40 @@ class Runner:
         return sorted(final, key=lambda item: item.id)
 
     def _step_source(self, stage: Stage, services: RunServices) -> list[Item]:
+        """Run the source stage once; again on a resume if it is not done, or if it recorded
+        failed parts (a taxonomy category whose call failed): the stored LLM answers of the
+        parts that worked are replayed for free, and only the failed parts are asked again."""
         store = services.store
         row = store.stage_run(SOURCE_ITEM, 0)
-        if row is not None and row["status"] == "done":
-            return store.outputs_of(row)
+        retry = store.failed_parts(0)
+        rerun = row is not None and row["status"] == "done"
+        if rerun:
+            if not retry:
+                return store.outputs_of(row)  # type: ignore[arg-type]
+            log.info(
+                "stage 0 %s: running again for %d part(s) that failed last time: %s",
+                stage.name, len(retry), ", ".join(r["item_id"] for r in retry[:10]),
+            )
+        started = time.time()
         self._call_hook("termigen_stage_start", run_id=services.run_id, stage_index=0, stage_name=stage.name)
         store.mark_running(SOURCE_ITEM, 0, stage.name)
         ctx = self._context(services, 0, SOURCE_ITEM)
         try:
             items = _checked_outputs(stage.produce(ctx), stage.name)
         except BudgetExceeded:
-            store.reset_stage(SOURCE_ITEM, 0)
+            if rerun:  # keep what the stage had done; its failed parts stay failed for the next resume
+                store.finish_stage(SOURCE_ITEM, 0, "done", outputs=store.outputs_of(row))  # type: ignore[arg-type]
+            else:
+                store.reset_stage(SOURCE_ITEM, 0)
             raise
         except Exception as exc:
-            store.finish_stage(SOURCE_ITEM, 0, "failed", reason=_reason(exc), detail=traceback.format_exc())
+            store.finish_stage(
+                SOURCE_ITEM, 0, "failed", reason=_reason(exc), detail=traceback.format_exc(), failure_kind=classify_failure(exc)
+            )
             if isinstance(exc, TermigenError):
                 raise
             raise TermigenError(f"the first stage ({stage.name}) failed: {_reason(exc)}") from exc
+        store.forget_failed_parts(0, before=started)  # parts that failed before and worked now
         store.finish_stage(SOURCE_ITEM, 0, "done", outputs=items)
         return items
 
@@ -323,8 +423,11 @@ class Runner:
                 store.reset_stage(item.id, index)
                 return []
             reason = _reason(exc)
-            store.finish_stage(item.id, index, "failed", reason=reason, detail=traceback.format_exc())
+            kind = classify_failure(exc)
+            store.finish_stage(item.id, index, "failed", reason=reason, detail=traceback.format_exc(), failure_kind=kind)
             self._event(services, index, stage, item, "failed", reason)
+            if isinstance(exc, InfrastructureError) and exc.stops_run:
+                self._stop_for(exc)  # no new step starts; this one is retried on resume
             return []
         store.finish_stage(item.id, index, "done", outputs=outputs)
         self._event(services, index, stage, item, "done", None)
@@ -364,18 +467,25 @@ class Runner:
             entry["tokens"] = (calls.get("prompt_tokens") or 0) + (calls.get("completion_tokens") or 0)
             entry["cost_usd"] = calls.get("cost_usd") or 0.0
             entry.update(self._stage_details(entry["index"], done_outputs.get(entry["index"], [])))
-        failures = [
-            {"item": r["item_id"], "stage": r["stage_name"], "status": r["status"], "reason": r["reason"]}
-            for r in store.stage_rows()
-            if r["status"] in ("failed", "rejected")
+        rows = [r for r in store.stage_rows() if r["status"] in ("failed", "rejected")]
+        failures = [{"item": r["item_id"], "stage": r["stage_name"], "status": r["status"], "reason": r["reason"]} for r in rows]
+        infrastructure = [
+            {"item": r["item_id"], "stage": r["stage_name"], "reason": r["reason"]}
+            for r in rows
+            if r["status"] == "failed" and r.get("failure_kind") == FAILURE_INFRASTRUCTURE
         ]
         llm = {
             "paid_calls_total": store.llm_call_count(source="backend", status="ok"),
             "this_invocation": dict(router.stats),
             "cost_usd": round(store.total_llm_cost(), 6),
+            "unpriced_calls": store.unpriced_call_count(),
+            "prompt_cache": store.cache_savings(),
             "by_role": store.llm_usage(),
         }
-        return RunSummary(run_id, str(self.run_dir), status, stages, final, llm, exports, failures[:200], message)
+        return RunSummary(
+            run_id, str(self.run_dir), status, stages, final, llm, exports, failures[:200], message,
+            infrastructure_failures=infrastructure[:200],
+        )
 
     def _stage_details(self, index: int, outputs: list[Item]) -> dict[str, Any]:
         """A stage's own figures (build attempts, error modes...) from its finished outputs."""
@@ -391,30 +501,190 @@ class Runner:
         return {"details": details} if details else {}
 
 
+def classify_failure(exc: BaseException) -> str:
+    """``infrastructure`` if something outside the task failed, else ``task``.
+
+    Infrastructure: an :class:`InfrastructureError` (a model call that failed for
+    good, an unreachable container engine); an ``OSError`` whose errno is about the
+    machine or the network (ENOSPC, EIO, ECONNREFUSED, ...) or any ``ConnectionError``
+    / ``TimeoutError``; SQLite's "disk full" / "disk I/O error"; and the connection
+    and API errors of the Docker and HTTP client libraries, recognised by their
+    module and type names so that neither is imported here. The exception's causes
+    (``raise ... from``, or an exception raised while handling another) are looked
+    at too. Everything else, a :class:`ParseError` included, is ``task``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        if isinstance(current, (ParseError, Reject)):  # a verdict on the reply or the task, whatever led to it
+            return FAILURE_TASK
+        if _is_infrastructure(current):
+            return FAILURE_INFRASTRUCTURE
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+    return FAILURE_TASK
+
+
+#: errno values that say the machine or the network failed, not the task.
+_INFRA_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOSPC", "EDQUOT", "EIO", "EROFS", "ENOMEM", "EMFILE", "ENFILE", "ECONNREFUSED", "ECONNRESET",
+        "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "EHOSTDOWN", "ENETUNREACH", "ENETDOWN", "ENETRESET",
+    )
+    if hasattr(errno, name)
+)
+#: Client libraries whose connection errors mean the engine or the endpoint is unwell.
+_INFRA_MODULES = ("docker.", "requests.", "urllib3.", "httpx", "httpcore", "aiohttp", "openai", "anthropic", "litellm")
+_INFRA_NAME_PARTS = (
+    "Connection", "Connect", "Timeout", "Network", "RemoteDisconnected", "ServiceUnavailable", "InternalServer",
+    "BadGateway", "ProtocolError", "ReadError", "WriteError",
+)
+#: The Docker SDK's catch-alls: the daemon answered with an error, or could not be talked to.
+_DOCKER_INFRA_NAMES = ("APIError", "DockerException")
+#: Docker errors that are verdicts on the task (a Dockerfile that does not build, an image it names that does not exist).
+_TASK_NAMES = ("BuildError", "ContainerError", "ImageNotFound", "NotFound")
+
+
+def _is_infrastructure(exc: BaseException) -> bool:
+    if isinstance(exc, InfrastructureError):
+        return True
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _INFRA_ERRNOS:
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "disk" in text and ("full" in text or "i/o" in text)
+    for cls in type(exc).__mro__:
+        module = cls.__module__ or ""
+        if not module.startswith(_INFRA_MODULES):
+            continue
+        if cls.__name__ in _TASK_NAMES:
+            return False
+        if any(part in cls.__name__ for part in _INFRA_NAME_PARTS):
+            return True
+        if module.startswith("docker.") and cls.__name__ in _DOCKER_INFRA_NAMES:
+            return True
+    return False
+
+
+def assess_health(store: RunStore, final_items: int, max_failed_fraction: float) -> dict[str, Any]:
+    """Whether a run that got to the end did its job; ``problems`` empty means yes.
+
+    Two rules (each adds a problem; either makes ``termigen run`` exit 5):
+
+    * no final item: nothing finished the last stage;
+    * ``failed_fraction > max_failed_fraction``, where
+      ``failed_fraction = failed_items / finished_items`` over the whole run directory:
+      ``finished_items`` counts the distinct items (ids) that reached an outcome in some
+      step: done, rejected or failed at any stage, plus every item the source stage
+      produced; ``failed_items`` counts those among them whose latest outcome at some
+      stage is ``failed`` (an item is counted once however many stages it went through;
+      a failed step retried successfully on resume no longer counts). Rejected items are
+      quality gates and count only in the denominator. A part of a source stage that
+      failed (a taxonomy category) counts as one item. With no finished item the
+      fraction is 0.
+    """
+    finished: set[str] = set()
+    failed: dict[str, str] = {}
+    for row in store.item_outcomes():
+        finished.add(row["item_id"])
+        if row["status"] == "failed" and failed.get(row["item_id"]) != FAILURE_INFRASTRUCTURE:
+            failed[row["item_id"]] = row["failure_kind"] or FAILURE_TASK
+    source = store.stage_run(SOURCE_ITEM, 0)
+    if source is not None and source["status"] == "done":
+        finished.update(item.id for item in store.outputs_of(source))
+    infrastructure = sum(1 for kind in failed.values() if kind == FAILURE_INFRASTRUCTURE)
+    fraction = len(failed) / len(finished) if finished else 0.0
+    problems = []
+    if final_items == 0:
+        problems.append("no final item: nothing finished the last stage (see the rejected and failed items)")
+    if fraction > max_failed_fraction:
+        problems.append(
+            f"{len(failed)} of {len(finished)} items failed ({fraction:.0%}, more than run.max_failed_fraction "
+            f"{max_failed_fraction:.0%}): {infrastructure} infrastructure, {len(failed) - infrastructure} task; "
+            "failed steps are retried when the same command is run again"
+        )
+    return {
+        "finished_items": len(finished),
+        "failed_items": len(failed),
+        "failed_infrastructure": infrastructure,
+        "failed_task": len(failed) - infrastructure,
+        "failed_fraction": round(fraction, 4),
+        "max_failed_fraction": max_failed_fraction,
+        "problems": problems,
+    }
+
+
 def render_report(summary: RunSummary) -> str:
     """The run report as Markdown: per stage items in/out, rejections with reasons, LLM use."""
     lines = [f"# Run {summary.run_id}: {summary.status}", ""]
     if summary.message:
         lines += [summary.message, ""]
-    lines += ["| stage | in | out | done | rejected | failed | pending | LLM calls | tokens | cost USD |",
-              "| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
+    lines += ["| stage | in | out | done | rejected | failed | pending | failed: infrastructure | failed: task | LLM calls | tokens | cost USD |",
+              "| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
     for s in summary.stages:
         lines.append(
             f"| {s['index']} {s['stage']} | {s['in']} | {s['out']} | {s['done']} | {s['rejected']} | {s['failed']} "
-            f"| {s['pending']} | {s['llm_calls']} | {s['tokens']} | {s['cost_usd']:.4f} |"
+            f"| {s['pending']} | {s.get('failed_infrastructure', 0)} | {s.get('failed_task', s['failed'])} "
+            f"| {s['llm_calls']} | {s['tokens']} | {s['cost_usd']:.4f} |"
         )
+    health = summary.health
+    if health:
+        health_line = (
+            f"Items finished: {health['finished_items']}; failed: {health['failed_items']} "
+            f"({health['failed_infrastructure']} infrastructure, {health['failed_task']} task; "
+            f"{health['failed_fraction']:.0%} of finished, limit run.max_failed_fraction {health['max_failed_fraction']:.0%}); "
+            f"final items: {summary.final_items}; exit code {summary.exit_code}."
+        )
+        lines += ["", health_line]
     details = [(s["index"], s["stage"], s["details"]) for s in summary.stages if s.get("details")]
     for index, name, figures in details:
         lines += ["", f"## {index} {name}", "", "```json", json.dumps(figures, indent=2, default=str), "```"]
+    infrastructure = {(f["item"], f["stage"]) for f in summary.infrastructure_failures}
     if summary.failures:
         lines += ["", "## Rejected and failed items", ""]
-        lines += [f"- `{f['item']}` at {f['stage']} ({f['status']}): {f['reason']}" for f in summary.failures]
+        lines += [
+            f"- `{f['item']}` at {f['stage']} ({f['status']}"
+            + (", infrastructure" if (f["item"], f["stage"]) in infrastructure else ", task" if f["status"] == "failed" else "")
+            + f"): {f['reason']}"
+            for f in summary.failures
+        ]
     if summary.exports:
         lines += ["", "## Exports", ""]
         lines += [f"- {e['exporter']}: " + ", ".join(f"{k}={v}" for k, v in e.items() if k != "exporter") for e in summary.exports]
-    llm = summary.llm
-    lines += ["", f"LLM: {llm['paid_calls_total']} paid calls, ${llm['cost_usd']:.4f} in this run directory.", ""]
+    lines += ["", *render_llm_use(summary.llm), ""]
     return "\n".join(lines)
+
+
+def render_llm_use(llm: dict[str, Any]) -> list[str]:
+    """The report's LLM section: spend (and what is unpriced), prompt cache, use per stage and role."""
+    unpriced = llm.get("unpriced_calls", 0)
+    lines = ["## LLM use", "", f"{llm['paid_calls_total']} paid calls, ${llm['cost_usd']:.4f} in this run directory"
+             + (f"; {unpriced} call(s) of models without a known price are not in that sum" if unpriced else "") + "."]
+    cache = llm.get("prompt_cache") or {}
+    if cache.get("cache_read_tokens") or cache.get("cache_write_tokens"):
+        lines.append(
+            f"Prompt cache: {cache['cache_read_tokens']} of {cache['prompt_tokens']} prompt tokens read from the cache, "
+            f"{cache['cache_write_tokens']} written; spend saved ${cache['saved_usd']:.4f}."
+        )
+    rows = llm.get("by_role") or []
+    if rows:
+        lines += ["", "| stage | role | model | calls | prompt tokens | cache read | cache write | completion tokens | cost USD | structured output |",
+                  "| --- | --- | --- | --: | --: | --: | --: | --: | --: | --- |"]
+        for r in rows:
+            cost = "unknown" if r.get("cost_usd") is None else f"{r['cost_usd']:.4f}"
+            lines.append(
+                f"| {r['stage']} | {r['role']} | {r['model']} | {r['calls']} | {r['prompt_tokens'] or 0} | {r.get('cache_read_tokens') or 0} "
+                f"| {r.get('cache_write_tokens') or 0} | {r['completion_tokens'] or 0} | {cost} | {r.get('structured_modes') or ''} |"
+            )
+    return lines
 
 
 def _checked_outputs(result: Any, stage_name: str) -> list[Item]:

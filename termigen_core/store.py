@@ -16,8 +16,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .items import Item
 
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     cost_usd REAL DEFAULT 0, latency_s REAL DEFAULT 0, error TEXT, created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS llm_lookup ON llm_calls (scope, cache_key, occurrence, status);
+-- llm_calls columns added after schema version 1 are in _LLM_CALL_COLUMNS (added on open)
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY, scope TEXT, stage TEXT, sandbox TEXT, command TEXT NOT NULL,
     exit_code INTEGER, timed_out INTEGER, duration_s REAL, output TEXT, created REAL NOT NULL
@@ -59,8 +61,31 @@ CREATE TABLE IF NOT EXISTS item_artifacts (
 );
 """
 
+#: Ledger columns added to ``llm_calls`` since the first schema; an older run.db gains them on open.
+#: ``cost_usd`` is NULL when the model's price is unknown (never a silent 0).
+_LLM_CALL_COLUMNS = {
+    "cache_read_tokens": "INTEGER DEFAULT 0",
+    "cache_write_tokens": "INTEGER DEFAULT 0",
+    "uncached_cost_usd": "REAL",
+    "structured_mode": "TEXT",
+    "tool_calls": "TEXT",
+    "finish_reason": "TEXT",
+    "notes": "TEXT",
+}
+
 #: Stored command output is capped; the full output is the caller's business.
 MAX_STORED_OUTPUT = 64 * 1024
+
+#: Columns added to ``stage_runs`` after the first release: run.db files made before get them
+#: with ``ALTER TABLE ... ADD COLUMN`` when opened (existing rows read NULL).
+_STAGE_RUNS_ADDED_COLUMNS = (
+    # why a step failed: "infrastructure" (model API, container engine, disk, network) or "task"
+    ("failure_kind", "TEXT"),
+)
+
+#: ``stage_runs.failure_kind`` values.
+FAILURE_INFRASTRUCTURE = "infrastructure"
+FAILURE_TASK = "task"
 
 
 class RunStore:
@@ -80,13 +105,33 @@ class RunStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns("llm_calls", _LLM_CALL_COLUMNS)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            self._migrate_stage_runs()
+
+    def _migrate_stage_runs(self) -> None:
+        """Add the ``stage_runs`` columns a run.db made by an older termigen lacks."""
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(stage_runs)")}
+        for name, decl in _STAGE_RUNS_ADDED_COLUMNS:
+            if name not in present:
+                try:
+                    self._db.execute(f"ALTER TABLE stage_runs ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError as exc:  # another process opening the same run.db added it first
+                    if "duplicate column" not in str(exc).lower():
+                        raise
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _add_missing_columns(self, table: str, columns: dict[str, str]) -> None:
+        """Bring an older run.db up to date: add the columns it lacks (data is kept)."""
+        present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     # -- helpers --------------------------------------------------------------
 
@@ -132,7 +177,8 @@ class RunStore:
             """INSERT INTO stage_runs(item_id, stage_index, stage_name, status, attempts, started)
                VALUES (?, ?, ?, 'running', 1, ?)
                ON CONFLICT(item_id, stage_index) DO UPDATE SET
-                 status='running', attempts=attempts+1, started=excluded.started, reason=NULL, detail=NULL""",
+                 status='running', attempts=attempts+1, started=excluded.started, reason=NULL, detail=NULL,
+                 failure_kind=NULL""",
             (item_id, stage_index, stage_name, time.time()),
         )
 
@@ -145,21 +191,51 @@ class RunStore:
         outputs: list[Item] | None = None,
         reason: str | None = None,
         detail: str | None = None,
+        failure_kind: str | None = None,
     ) -> None:
+        """Record a step's outcome; a ``failed`` one says whether it was ``infrastructure`` or ``task``."""
         payload = json.dumps([o.model_dump(mode="json") for o in outputs]) if outputs is not None else None
         self._execute(
-            "UPDATE stage_runs SET status=?, outputs=?, reason=?, detail=?, finished=? WHERE item_id=? AND stage_index=?",
-            (status, payload, reason, detail, time.time(), item_id, stage_index),
+            "UPDATE stage_runs SET status=?, outputs=?, reason=?, detail=?, finished=?, failure_kind=? WHERE item_id=? AND stage_index=?",
+            (status, payload, reason, detail, time.time(), failure_kind if status == "failed" else None, item_id, stage_index),
         )
 
-    def record_outcome(self, item_id: str, stage_index: int, stage_name: str, status: str, reason: str, detail: str | None = None) -> None:
-        """Record a final outcome for an item that never ran as a step (e.g. a seed dropped as a duplicate)."""
+    def record_outcome(
+        self,
+        item_id: str,
+        stage_index: int,
+        stage_name: str,
+        status: str,
+        reason: str,
+        detail: str | None = None,
+        *,
+        failure_kind: str | None = None,
+    ) -> None:
+        """Record an outcome for an item that never ran as a step (a seed dropped as a duplicate,
+        a taxonomy category whose seeding failed). A ``failed`` one is retried on resume: the
+        runner re-runs a source stage that left failed parts behind."""
         now = time.time()
         self._execute(
-            """INSERT OR REPLACE INTO stage_runs(item_id, stage_index, stage_name, status, reason, detail, attempts, started, finished)
-               VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)""",
-            (item_id, stage_index, stage_name, status, reason, detail, now, now),
+            """INSERT OR REPLACE INTO stage_runs(item_id, stage_index, stage_name, status, reason, detail, attempts, started, finished, failure_kind)
+               VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)""",
+            (item_id, stage_index, stage_name, status, reason, detail, now, now, failure_kind if status == "failed" else None),
         )
+
+    def failed_parts(self, stage_index: int) -> list[dict[str, Any]]:
+        """``failed`` outcomes recorded at a source stage for parts of its work (not the stage itself)."""
+        rows = self._query(
+            "SELECT * FROM stage_runs WHERE stage_index = ? AND status = 'failed' AND item_id != ? ORDER BY item_id",
+            (stage_index, SOURCE_ITEM),
+        )
+        return [dict(r) for r in rows]
+
+    def forget_failed_parts(self, stage_index: int, *, before: float) -> int:
+        """After the source stage ran again: drop its failed parts not recorded again since ``before``."""
+        cur = self._execute(
+            "DELETE FROM stage_runs WHERE stage_index = ? AND status = 'failed' AND item_id != ? AND COALESCE(finished, 0) < ?",
+            (stage_index, SOURCE_ITEM, before),
+        )
+        return int(cur.rowcount or 0)
 
     def reset_stage(self, item_id: str, stage_index: int) -> None:
         """Forget an unfinished attempt (e.g. stopped by the budget) so a resume redoes it."""
@@ -170,32 +246,43 @@ class RunStore:
         return [Item.model_validate(o) for o in json.loads(row["outputs"] or "[]")]
 
     def stage_counts(self) -> list[dict[str, Any]]:
+        """Steps per stage and status; ``failed`` ones split by ``failure_kind`` (NULL: recorded before it existed)."""
         return [
             dict(r)
             for r in self._query(
-                "SELECT stage_index, stage_name, status, COUNT(*) AS n FROM stage_runs GROUP BY stage_index, stage_name, status ORDER BY stage_index"
+                """SELECT stage_index, stage_name, status, failure_kind, COUNT(*) AS n FROM stage_runs
+                   GROUP BY stage_index, stage_name, status, failure_kind ORDER BY stage_index, status, failure_kind"""
             )
         ]
 
     def stage_report(self) -> list[dict[str, Any]]:
-        """Per stage: items in, items out, and steps by status (the run report's core)."""
+        """Per stage: items in, items out, and steps by status (the run report's core).
+
+        ``failed`` is split into ``failed_infrastructure`` (the model API, the container
+        engine, the disk: an outage, not a verdict on the task) and ``failed_task`` (the
+        rest, including failures recorded before run.db kept the distinction).
+        """
         rows = self._query(
             """SELECT stage_index, stage_name, status, COUNT(*) AS n,
                       SUM(CASE WHEN item_id = ? THEN 0 ELSE 1 END) AS items,
+                      SUM(CASE WHEN item_id != ? AND failure_kind = 'infrastructure' THEN 1 ELSE 0 END) AS infra,
                       SUM(CASE WHEN item_id = ? THEN json_array_length(COALESCE(outputs, '[]')) ELSE 0 END) AS produced,
                       COALESCE(SUM(json_array_length(COALESCE(outputs, '[]'))), 0) AS outs
                FROM stage_runs GROUP BY stage_index, stage_name, status ORDER BY stage_index""",
-            (SOURCE_ITEM, SOURCE_ITEM),
+            (SOURCE_ITEM, SOURCE_ITEM, SOURCE_ITEM),
         )
         report: dict[int, dict[str, Any]] = {}
         for row in rows:
             entry = report.setdefault(
                 row["stage_index"],
                 {"index": row["stage_index"], "stage": row["stage_name"], "in": 0, "out": 0,
-                 "done": 0, "rejected": 0, "failed": 0, "pending": 0},
+                 "done": 0, "rejected": 0, "failed": 0, "pending": 0, "failed_infrastructure": 0, "failed_task": 0},
             )
             status = row["status"] if row["status"] in ("done", "rejected", "failed") else "pending"
             entry[status] += row["items"]
+            if status == "failed":
+                entry["failed_infrastructure"] += row["infra"]
+                entry["failed_task"] += row["items"] - row["infra"]
             # a source stage's "in" is what it produced (kept or rejected), not its pseudo-input
             entry["in"] += row["items"] + row["produced"]
             entry["out"] += row["outs"]
@@ -210,6 +297,15 @@ class RunStore:
         )
         return {r["stage"]: dict(r) for r in rows}
 
+    def item_outcomes(self) -> list[dict[str, Any]]:
+        """Every finished step of a real item (not a source stage's pseudo-item): id, status, failure kind."""
+        rows = self._query(
+            "SELECT item_id, stage_index, status, failure_kind FROM stage_runs "
+            "WHERE item_id != ? AND status IN ('done', 'rejected', 'failed') ORDER BY item_id, stage_index",
+            (SOURCE_ITEM,),
+        )
+        return [dict(r) for r in rows]
+
     def stage_rows(self, status: str | None = None) -> list[dict[str, Any]]:
         if status is None:
             rows = self._query("SELECT * FROM stage_runs ORDER BY stage_index, item_id")
@@ -219,8 +315,8 @@ class RunStore:
 
     # -- LLM calls -------------------------------------------------------------
 
-    def find_llm_response(self, scope: str, cache_key: str, occurrence: int) -> "LLMResponse | None":
-        from .llm import LLMResponse
+    def find_llm_response(self, scope: str, cache_key: str, occurrence: int) -> LLMResponse | None:
+        from .llm import LLMResponse, ToolCall
 
         rows = self._query(
             "SELECT * FROM llm_calls WHERE scope=? AND cache_key=? AND occurrence=? AND status='ok' ORDER BY id LIMIT 1",
@@ -235,8 +331,13 @@ class RunStore:
             completion_tokens=row["completion_tokens"],
             cost_usd=row["cost_usd"],
             model=row["model"] or "",
+            finish_reason=row["finish_reason"] or "",
             cached=True,
             latency_s=0.0,
+            tool_calls=[ToolCall(**call) for call in json.loads(row["tool_calls"] or "[]")],
+            cache_read_tokens=row["cache_read_tokens"] or 0,
+            cache_write_tokens=row["cache_write_tokens"] or 0,
+            structured_mode=row["structured_mode"] or "",
         )
 
     def record_llm_call(
@@ -246,35 +347,64 @@ class RunStore:
         stage: str,
         role: str,
         backend: str,
-        request: "LLMRequest",
+        request: LLMRequest,
         cache_key: str,
         occurrence: int,
-        response: "LLMResponse | None",
+        response: LLMResponse | None,
         status: str,
         source: str,
         error: str | None = None,
         latency_s: float | None = None,
     ) -> None:
-        cost = 0.0 if (response is None or source != "backend") else response.cost_usd
+        paid = response is not None and source == "backend"
+        cost = response.cost_usd if paid else 0.0
+        uncached = response.uncached_cost_usd if paid else None
         self._execute(
             """INSERT INTO llm_calls(scope, stage, role, backend, model, cache_key, occurrence, status, source,
-                 request, response, prompt_tokens, completion_tokens, cost_usd, latency_s, error, created)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                 request, response, prompt_tokens, completion_tokens, cost_usd, latency_s, error, created,
+                 cache_read_tokens, cache_write_tokens, uncached_cost_usd, structured_mode, tool_calls, finish_reason, notes)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 scope, stage, role, backend, (response.model if response and response.model else request.model),
                 cache_key, occurrence, status, source,
-                json.dumps({"messages": request.messages, "temperature": request.temperature, "max_tokens": request.max_tokens}, ensure_ascii=False),
+                json.dumps(_request_record(request), ensure_ascii=False),
                 response.text if response else None,
                 response.prompt_tokens if response else 0,
                 response.completion_tokens if response else 0,
                 cost,
                 latency_s if latency_s is not None else (response.latency_s if response else 0.0),
                 error, time.time(),
+                response.cache_read_tokens if response else 0,
+                response.cache_write_tokens if response else 0,
+                uncached,
+                (response.structured_mode or request.structured_output) if response else request.structured_output,
+                json.dumps([c.as_dict() for c in response.tool_calls]) if response and response.tool_calls else None,
+                response.finish_reason if response else None,
+                "; ".join(response.notes) if response and response.notes else None,
             ),
         )
 
     def total_llm_cost(self) -> float:
+        """Known spend (calls of unpriced models are counted by :meth:`unpriced_call_count`)."""
         return float(self._query("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM llm_calls")[0]["c"])
+
+    def unpriced_call_count(self) -> int:
+        """Paid calls whose price is unknown (their cost is not in :meth:`total_llm_cost`)."""
+        return int(self._query(
+            "SELECT COUNT(*) AS n FROM llm_calls WHERE status='ok' AND source='backend' AND cost_usd IS NULL"
+        )[0]["n"])
+
+    def cache_savings(self) -> dict[str, Any]:
+        """Prompt-cache figures over paid calls: tokens read/written and the spend saved."""
+        row = self._query(
+            """SELECT COALESCE(SUM(cache_read_tokens), 0) AS read, COALESCE(SUM(cache_write_tokens), 0) AS written,
+                      COALESCE(SUM(prompt_tokens), 0) AS prompt,
+                      COALESCE(SUM(CASE WHEN uncached_cost_usd IS NOT NULL AND cost_usd IS NOT NULL
+                                        THEN uncached_cost_usd - cost_usd ELSE 0 END), 0) AS saved
+               FROM llm_calls WHERE status='ok' AND source='backend'"""
+        )[0]
+        return {"prompt_tokens": row["prompt"], "cache_read_tokens": row["read"], "cache_write_tokens": row["written"],
+                "saved_usd": round(float(row["saved"]), 6)}
 
     def llm_call_count(self, *, source: str | None = "backend", status: str | None = "ok") -> int:
         sql, params = "SELECT COUNT(*) AS n FROM llm_calls WHERE 1=1", []
@@ -293,6 +423,9 @@ class RunStore:
             for r in self._query(
                 """SELECT stage, role, model, COUNT(*) AS calls, SUM(prompt_tokens) AS prompt_tokens,
                           SUM(completion_tokens) AS completion_tokens, ROUND(SUM(cost_usd), 6) AS cost_usd,
+                          SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END) AS unpriced_calls,
+                          SUM(cache_read_tokens) AS cache_read_tokens, SUM(cache_write_tokens) AS cache_write_tokens,
+                          GROUP_CONCAT(DISTINCT structured_mode) AS structured_modes,
                           ROUND(AVG(latency_s), 4) AS mean_latency_s
                    FROM llm_calls WHERE status='ok' AND source='backend'
                    GROUP BY stage, role, model ORDER BY stage, role"""
@@ -304,7 +437,7 @@ class RunStore:
 
     # -- container commands ----------------------------------------------------
 
-    def record_command(self, *, scope: str, stage: str, sandbox: str, result: "CommandResult") -> None:
+    def record_command(self, *, scope: str, stage: str, sandbox: str, result: CommandResult) -> None:
         output = result.output
         if len(output) > MAX_STORED_OUTPUT:
             half = MAX_STORED_OUTPUT // 2
@@ -345,3 +478,15 @@ class RunStore:
     def item_artifacts(self, item_id: str) -> Iterator[tuple[int, str, str]]:
         for row in self._query("SELECT stage_index, name, sha256 FROM item_artifacts WHERE item_id=? ORDER BY stage_index, name", (item_id,)):
             yield row["stage_index"], row["name"], row["sha256"]
+
+
+def _request_record(request: LLMRequest) -> dict[str, Any]:
+    """What the ledger keeps of a request (never secrets: backends hold those)."""
+    record: dict[str, Any] = {"messages": request.messages, "temperature": request.temperature, "max_tokens": request.max_tokens}
+    if request.response_schema is not None:
+        record["response_schema"] = request.response_schema
+        record["structured_output"] = request.structured_output
+    if request.tools is not None:
+        record["tools"] = list(request.tools)
+        record["tool_choice"] = request.tool_choice
+    return record

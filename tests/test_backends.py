@@ -12,23 +12,48 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-from termigen_core.components import instantiate
-from termigen_core.errors import BudgetExceeded
-from termigen_core.llm import CallScope, LLMCallFailed, LLMRequest, LLMRouter, RoleSettings, parse_json
-from termigen_core.store import RunStore
 from termigen_plugins.backends import litellm_backend, scripted
 from termigen_plugins.backends.litellm_backend import LiteLLMBackend
 from termigen_plugins.backends.scripted import ScriptedBackend, ScriptError
 
+from termigen_core.components import instantiate
+from termigen_core.errors import BudgetExceeded
+from termigen_core.llm import (
+    CallScope,
+    LLMCallFailed,
+    LLMRequest,
+    LLMRouter,
+    PromptTooLarge,
+    RoleSettings,
+    parse_json,
+)
+from termigen_core.store import RunStore
+
 try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
-    from tests.support.openai_server import Behaviour, OpenAIServer, completion, malformed, rate_limited, server_error, slow
+    from tests.support.openai_server import (
+        Behaviour,
+        OpenAIServer,
+        completion,
+        malformed,
+        rate_limited,
+        server_error,
+        slow,
+    )
 except ImportError:
-    from support.openai_server import Behaviour, OpenAIServer, completion, malformed, rate_limited, server_error, slow  # type: ignore[no-redef]
+    from support.openai_server import (  # type: ignore[no-redef]
+        Behaviour,
+        OpenAIServer,
+        completion,
+        malformed,
+        rate_limited,
+        server_error,
+        slow,
+    )
 
 KEY = "sk-test-SECRET-7f3a9c2e51"
 BACKENDS = {"litellm": LiteLLMBackend, "scripted": ScriptedBackend}
@@ -109,11 +134,14 @@ def test_plain_call_records_tokens_and_cost(api: OpenAIServer, store: RunStore) 
     assert sleeps == []
 
 
-def test_unpriced_model_costs_nothing(api: OpenAIServer, store: RunStore) -> None:
+def test_unpriced_model_cost_is_unknown_not_zero(api: OpenAIServer, store: RunStore) -> None:
     router, _ = litellm_router(store, api)
     api.enqueue(completion("x"))
-    assert router.client("proposer", scope()).chat("hi").cost_usd == 0.0
+    assert router.client("proposer", scope()).chat("hi").cost_usd is None
     assert "temperature" not in api.requests[-1]  # not sent when unset
+    [row] = store.llm_calls()
+    assert row["cost_usd"] is None
+    assert store.unpriced_call_count() == 1 and store.total_llm_cost() == 0.0
 
 
 @pytest.mark.parametrize(
@@ -176,11 +204,15 @@ def test_permanent_errors_are_not_retried_and_hide_the_key(api: OpenAIServer, st
     assert sleeps == []
 
 
-def test_context_window_exceeded_is_permanent(api: OpenAIServer, store: RunStore) -> None:
+def test_context_window_exceeded_at_the_provider_rejects_the_item(api: OpenAIServer, store: RunStore) -> None:
+    """An overflow the router could not foresee (unknown window) rejects the item: retrying cannot help."""
     router, _ = litellm_router(store, api)
+    before = len(api.requests)
     api.enqueue(Behaviour(status=400, error_message="This model's maximum context length is 8192 tokens"))
-    with pytest.raises(LLMCallFailed, match="context window"):
+    with pytest.raises(PromptTooLarge, match="context window"):
         router.client("proposer", scope()).chat("a very long prompt")
+    assert len(api.requests) - before == 1
+    assert statuses(store) == ["failed"]
 
 
 def test_parse_retry_then_resume_from_the_store(api: OpenAIServer, store: RunStore) -> None:

@@ -89,7 +89,11 @@ def run_pipeline(tmp_path: Path, rules: list[dict[str, Any]], stages: list[dict[
         "exports": [{"use": "jsonl", "with": {"path": "export/items.jsonl"}}],
     })
     result = run_cli("run", str(config), "--plugin", str(PLUGIN), timeout=600)
-    assert result.returncode == 0, result.stderr
+    if result.returncode == 5:  # honest exit code: the run produced nothing (every item rejected)
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["final_items"] == 0 and all(f["status"] == "rejected" for f in summary["failures"]), result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
     return result, tmp_path / "run"
 
 

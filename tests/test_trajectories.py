@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import tempfile
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,9 +24,11 @@ from helpers import FIXTURES, read_jsonl, run_cli, write_yaml
 
 from termigen_core.errors import ParseError
 from termigen_core.items import Item
-from termigen_core.llm import PARSE_RETRY_PREFIX, LLMResponse
+from termigen_core.components import LLMBackend
+from termigen_core.llm import PARSE_RETRY_PREFIX, CallScope, LLMClient, LLMRequest, LLMResponse, LLMRouter, RoleSettings
 from termigen_core.records import Step, TrajectoryRecord
 from termigen_core.sandbox import CommandResult
+from termigen_core.store import RunStore
 
 from termigen_plugins.agent.agent import AgentSettings, BashAgent, cap_output
 from termigen_plugins.agent.collect import Collector, CollectSettings, ModeSpec
@@ -287,17 +290,24 @@ def test_mode_applies_hook():
 # --- the collector with fakes ---------------------------------------------------------------------
 
 
-class FakeClient:
-    """Stands in for an ``LLMClient``: ``reply(messages)`` decides the answer."""
+class FakeClient(LLMClient):
+    """A real ``LLMClient`` (router, run store, ask path) whose backend answers with ``reply(messages)``."""
 
     def __init__(self, role: str, reply: Callable[[list[dict[str, str]]], str]) -> None:
-        self.role, self.model, self.reply = role, f"fake-{role}", reply
-        self.router = SimpleNamespace(settings_for=lambda role: SimpleNamespace(max_parse_retries=1))
-        self.calls: list[list[dict[str, str]]] = []
+        calls: list[list[dict[str, str]]] = []
 
-    def chat(self, messages: list[dict[str, str]]) -> LLMResponse:
-        self.calls.append(messages)
-        return LLMResponse(text=self.reply(messages), prompt_tokens=10, completion_tokens=3)
+        class Backend(LLMBackend):
+            name = "function"
+
+            def complete(self, request: LLMRequest) -> LLMResponse:
+                calls.append(request.messages)
+                return LLMResponse(text=reply(request.messages), prompt_tokens=10, completion_tokens=3)
+
+        store = RunStore(tempfile.mkdtemp(prefix="fake-client-"))
+        settings = RoleSettings(backend="function", model=f"fake-{role}", max_parse_retries=1)
+        router = LLMRouter(default=settings, roles={}, backends={"function": Backend}, store=store)
+        super().__init__(router, role, CallScope(key=f"item@{role}", stage="trajectories"))
+        self.calls = calls
 
 
 class FakeBox:

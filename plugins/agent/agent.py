@@ -10,10 +10,15 @@ private per-step guidance; :meth:`BashAgent.run` is the plain loop.
 Why the pieces look the way they do:
 
 * Completion is an explicit ``finish`` call, never phrases matched in text.
-* Model calls go through the run's LLM client (``ctx.llm("agent")``): replies
-  are recorded and replayed on resume, and a malformed reply is shown back to
-  the model with the parse error (:func:`ask`, which unlike ``LLMClient.ask``
-  also reports the tokens each step cost).
+* Model calls go through the run's LLM client (``ctx.llm("agent")``) and its one
+  ``ask`` path: replies are recorded and replayed on resume, and a malformed
+  reply is shown back to the model with the parse error (bounded).
+* With the ``tool_calls`` format and a backend that has native tool calling, the
+  ``bash`` and ``finish`` tools are sent as tools (``tool_choice: required``, and
+  ``bash`` forced on the last re-ask, which makes even weak models answer with a
+  call); the history carries real ``tool_calls`` and ``tool`` messages. Where
+  the backend has none, or the provider refuses tools, the same format travels
+  as one JSON object in the text (the format's transport).
 * Every observation is capped (head and tail kept), and when the conversation
   outgrows ``max_history_chars`` the oldest observations are cut down first,
   each with a note saying so; the latest one is always shown in full.
@@ -24,13 +29,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from termigen_core.errors import ParseError
-from termigen_core.llm import PARSE_RETRY_PREFIX
+from termigen_core.llm import FeatureUnsupported, ParseFailed
+from termigen_core.prompts import read_prompt
 from termigen_core.records import Step
 
-from .formats import Action, ActionFormat, observation_text
+from .formats import TOOLS, Action, ActionFormat, NativeToolCalls, observation_text
 
 if TYPE_CHECKING:
     from termigen_core.llm import LLMClient
@@ -66,30 +71,6 @@ class Answer(Generic[T]):
     error: str = ""
 
 
-def ask(client: "LLMClient", messages: list[dict[str, str]], parse: Callable[[str], T]) -> Answer[T]:
-    """Chat and parse; on a parse error show it to the model and ask again (the role's
-    ``max_parse_retries`` times). Never raises for malformed output: the caller decides."""
-    limit = client.router.settings_for(client.role).max_parse_retries
-    conversation = list(messages)
-    answer: Answer[T] = Answer(None, "")
-    for attempt in range(limit + 1):
-        response = client.chat(conversation)
-        answer.prompt_tokens += response.prompt_tokens
-        answer.completion_tokens += response.completion_tokens
-        answer.text, answer.parse_retries = response.text, attempt
-        try:
-            answer.value = parse(response.text)
-            answer.error = ""
-            return answer
-        except ParseError as exc:
-            answer.error = str(exc)
-            conversation = conversation + [
-                {"role": "assistant", "content": response.text},
-                {"role": "user", "content": f"{PARSE_RETRY_PREFIX}: {exc}. Reply again with the complete answer in the requested format only."},
-            ]
-    return answer
-
-
 def cap_output(text: str, limit: int) -> str:
     """Keep the head and tail of a long output, saying how much was left out."""
     if len(text) <= limit:
@@ -114,6 +95,11 @@ class _Message:
     role: str
     content: str
     observation: bool = False
+    #: Extra keys of the wire message (``tool_calls``, ``tool_call_id``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        return {"role": self.role, "content": self.content, **self.extra}
 
 
 def fit_history(messages: list[_Message], max_chars: int) -> list[_Message]:
@@ -129,7 +115,7 @@ def fit_history(messages: list[_Message], max_chars: int) -> list[_Message]:
             omitted = len(message.content) - OLD_OBSERVATION_KEEP
             short = f"{message.content[:OLD_OBSERVATION_KEEP]}\n[... older output truncated to save context: {omitted} characters omitted ...]"
             total -= len(message.content) - len(short)
-            out[i] = _Message(message.role, short, True)
+            out[i] = _Message(message.role, short, True, message.extra)
     return out
 
 
@@ -137,39 +123,84 @@ def fit_history(messages: list[_Message], max_chars: int) -> list[_Message]:
 class BashAgent:
     """Prompts the model with the task and the transcript; parses one action; runs it."""
 
-    llm: "LLMClient"
+    llm: LLMClient
     format: ActionFormat
     settings: AgentSettings = field(default_factory=AgentSettings)
     system_template: str | None = None
+    #: Native tool calls in use (decided from the backend's capabilities; off after a refusal).
+    native: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.native = self.format.name == "tool_calls" and self.llm.capabilities.tools
+
+    @property
+    def transport(self) -> str:
+        """How calls travel: ``native`` tool calls, or ``text`` (the format's own spelling)."""
+        return "native" if self.native else "text"
 
     @property
     def system_prompt(self) -> str:
         """The public system prompt: what evaluation uses and what training data records."""
-        template = self.system_template or (PROMPTS / "system.txt").read_text(encoding="utf-8")
+        template = self.system_template or read_prompt(PROMPTS / "system.txt")
         return Template(template).safe_substitute(
             workdir=self.settings.workdir, format_instructions=self.format.public_instructions
         ).strip()
 
-    def messages(self, instruction: str, steps: list[Step], *, system_extra: str = "", final_note: str = "") -> list[dict[str, str]]:
-        """The conversation for the next turn; ``final_note`` is appended to the last user message."""
-        system = "\n\n".join(part for part in (self.system_prompt, self.format.transport, system_extra) if part)
+    def messages(self, instruction: str, steps: list[Step], *, system_extra: str = "", final_note: str = "") -> list[dict[str, Any]]:
+        """The conversation for the next turn; ``final_note`` is appended to the last user message.
+
+        Old observations are cut down first (each with a note) until the whole fits
+        ``max_history_chars`` and the model's context window.
+        """
+        transport = "" if self.native else self.format.transport
+        system = "\n\n".join(part for part in (self.system_prompt, transport, system_extra) if part)
         convo = [_Message("system", system), _Message("user", instruction)]
         for step in steps:
-            convo.append(_Message("assistant", self.format.render(Action(step.thought, step.action, step.command))))
+            action = Action(step.thought, step.action, step.command)
+            call_id = f"call_{step.index}"
+            if self.native:
+                convo.append(_Message("assistant", step.thought, extra={"tool_calls": [NativeToolCalls.wire_call(call_id, action)]}))
+            else:
+                convo.append(_Message("assistant", self.format.render(action)))
             if step.action != "finish":
                 text = observation_text(step.output, step.exit_code, step.timed_out, step.duration_s)
-                convo.append(_Message("user", text, observation=True))
-        convo = fit_history(convo, self.settings.max_history_chars)
-        if final_note:
-            last = convo[-1]
-            convo[-1] = _Message(last.role, f"{last.content}\n\n{final_note}", last.observation)
-        return [{"role": m.role, "content": m.content} for m in convo]
+                if self.native:
+                    convo.append(_Message("tool", text, observation=True, extra={"tool_call_id": call_id}))
+                else:
+                    convo.append(_Message("user", text, observation=True))
+        limit = self.settings.max_history_chars
+        convo = fit_history(convo, limit)
+        while not self.llm.fits(_wire(convo, final_note)) and limit > 2_000:
+            limit = int(limit * 0.8)  # the model's window is smaller than max_history_chars
+            convo = fit_history(convo, limit)
+        return _wire(convo, final_note)
 
-    def propose(self, messages: list[dict[str, str]]) -> Answer[Action]:
-        """One model turn, parsed into an action (``value`` is ``None`` if it never parsed)."""
-        return ask(self.llm, messages, self.format.parse)
+    def propose(self, messages: list[dict[str, Any]]) -> Answer[Action]:
+        """One model turn, parsed into an action (``value`` is ``None`` if it never parsed).
 
-    def execute(self, box: "Sandbox", command: str) -> Outcome:
+        Raises :class:`FeatureUnsupported` (after switching to the text transport)
+        when the provider refuses tools: the caller rebuilds the messages and asks again.
+        """
+        try:
+            if self.native:
+                parsed = self.llm.ask(messages, NativeToolCalls(self.format), tools=TOOLS, tool_choice="required", final_tool_choice="bash")
+            else:
+                parsed = self.llm.ask(messages, self.format.parse)
+        except ParseFailed as exc:
+            return Answer(None, exc.text, exc.attempts - 1, exc.prompt_tokens, exc.completion_tokens, exc.last_error)
+        except FeatureUnsupported:
+            self.native = False
+            raise
+        return Answer(parsed.value, parsed.text, parsed.parse_retries, parsed.prompt_tokens, parsed.completion_tokens)
+
+    def turn(self, instruction: str, steps: list[Step], *, system_extra: str = "", final_note: str = "") -> Answer[Action]:
+        """Build the conversation and propose the next action (falling back to text once if tools are refused)."""
+        try:
+            return self.propose(self.messages(instruction, steps, system_extra=system_extra, final_note=final_note))
+        except FeatureUnsupported:
+            return self.propose(self.messages(instruction, steps, system_extra=system_extra, final_note=final_note))
+
+    def execute(self, box: Sandbox, command: str) -> Outcome:
         """Run one command in the episode's sandbox, with the per-command timeout."""
         result = box.run(command, timeout_s=self.settings.command_timeout_s)
         output = cap_output(result.output, self.settings.max_output_chars)
@@ -177,11 +208,11 @@ class BashAgent:
             output += "\n[the shell was restarted: working directory and variables were reset]"
         return Outcome(output, result.exit_code, result.timed_out, round(result.duration_s, 3))
 
-    def run(self, box: "Sandbox", instruction: str) -> list[Step]:
+    def run(self, box: Sandbox, instruction: str) -> list[Step]:
         """The plain agent loop (evaluation): act until ``finish``, ``max_steps`` or unparseable output."""
         steps: list[Step] = []
         for index in range(self.settings.max_steps):
-            answer = self.propose(self.messages(instruction, steps))
+            answer = self.turn(instruction, steps)
             if answer.value is None:
                 break
             step = make_step(index, answer.value, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
@@ -191,6 +222,13 @@ class BashAgent:
             if step.action == "finish":
                 break
         return steps
+
+
+def _wire(convo: list[_Message], final_note: str) -> list[dict[str, Any]]:
+    if final_note:
+        last = convo[-1]
+        convo = [*convo[:-1], _Message(last.role, f"{last.content}\n\n{final_note}", last.observation, last.extra)]
+    return [m.wire() for m in convo]
 
 
 def make_step(index: int, action: Action, **fields: object) -> Step:

@@ -33,13 +33,13 @@ from string import Template
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
-
-from termigen_core.llm import json_model
-from termigen_core.records import CriticVerdict, Step
-
 from termigen_plugins.verifiers.leaks import LeakScanner
 
-from .agent import PROMPTS, BashAgent, ask, make_step, record_outcome
+from termigen_core.llm import ParseFailed, json_model
+from termigen_core.prompts import read_prompt
+from termigen_core.records import CriticVerdict, Step
+
+from .agent import PROMPTS, BashAgent, make_step, record_outcome
 from .formats import Action
 from .sampling import CORRECT, Intent, IntentSampler
 
@@ -62,7 +62,7 @@ class ModeSpec:
     examples: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, mode: Any) -> "ModeSpec":
+    def of(cls, mode: Any) -> ModeSpec:
         return cls(mode.name, mode.instruction, mode.critic_checklist, tuple(mode.examples))
 
 
@@ -80,9 +80,8 @@ class Prompts:
         self.override_dir = override_dir
 
     def text(self, name: str) -> str:
-        if self.override_dir is not None and (self.override_dir / name).is_file():
-            return (self.override_dir / name).read_text(encoding="utf-8")
-        return (PROMPTS / name).read_text(encoding="utf-8")
+        override = self.override_dir / name if self.override_dir is not None else None
+        return read_prompt(PROMPTS / name, override if override is not None and override.is_file() else None)
 
     def render(self, name: str, **values: Any) -> str:
         return Template(self.text(name)).safe_substitute(**values)
@@ -105,6 +104,7 @@ class Generation:
     completion_tokens: int = 0
     parse_retries: int = 0
     reason: str = ""
+    detail: str = ""
 
 
 @dataclass
@@ -112,6 +112,8 @@ class Episode:
     steps: list[Step]
     stopped: str  # finished | max_steps | agent_timeout | unparseable | no_acceptable_step
     stats: dict[str, Any]
+    #: Why the episode stopped early (the last parse error), if it did.
+    detail: str = ""
 
     @property
     def finished(self) -> bool:
@@ -121,7 +123,7 @@ class Episode:
 class Collector:
     """Runs one episode: sample intent → generate → check and critique (regenerate) → execute."""
 
-    def __init__(self, agent: BashAgent, critic: "LLMClient", sampler: IntentSampler, modes: dict[str, ModeSpec],
+    def __init__(self, agent: BashAgent, critic: LLMClient, sampler: IntentSampler, modes: dict[str, ModeSpec],
                  scanner: LeakScanner, settings: CollectSettings = CollectSettings(), prompts: Prompts | None = None) -> None:
         self.agent, self.critic, self.sampler, self.modes = agent, critic, sampler, modes
         self.scanner, self.settings = scanner, settings
@@ -130,10 +132,11 @@ class Collector:
 
     # -- the episode ------------------------------------------------------------------
 
-    def run(self, box: "Sandbox", instruction: str) -> Episode:
+    def run(self, box: Sandbox, instruction: str) -> Episode:
         steps: list[Step] = []
         pending: list[Step] = []  # error steps since the last correct one
         stopped = "max_steps"
+        detail = ""
         elapsed = 0.0
         for index in range(self.agent.settings.max_steps):
             if self.settings.agent_timeout_s is not None and elapsed >= self.settings.agent_timeout_s:
@@ -151,6 +154,7 @@ class Collector:
                 gen = fallback
             if gen.action is None:
                 stopped = gen.reason if gen.reason != "exhausted" else "no_acceptable_step"
+                detail = gen.detail
                 break
             step = make_step(
                 index, gen.action, intent=intent.kind, error_mode=intent.mode, critic=gen.verdicts,
@@ -164,7 +168,7 @@ class Collector:
             record_outcome(step, self.agent.execute(box, step.command or ""))
             elapsed += step.duration_s
             pending = pending + [step] if intent.is_error else []
-        return Episode(steps, stopped, self._stats(steps, stopped, elapsed))
+        return Episode(steps, stopped, self._stats(steps, stopped, elapsed), detail)
 
     def _stats(self, steps: list[Step], stopped: str, elapsed: float) -> dict[str, Any]:
         errors = [s for s in steps if s.intent == "error"]
@@ -181,6 +185,7 @@ class Collector:
             "accepted_after_rejections": self.counts["accepted_after_rejections"],
             "critic_unreadable": self.counts["critic_unreadable"],
             "parse_retries": self.counts["parse_retries"],
+            "transport": self.agent.transport,
             "tokens": {
                 "agent": {"prompt": self.counts["agent_prompt"], "completion": self.counts["agent_completion"]},
                 "critic": {"prompt": self.counts["critic_prompt"], "completion": self.counts["critic_completion"]},
@@ -219,8 +224,7 @@ class Collector:
         note = self.prompts.text("generator.txt").strip()
         for _attempt in range(self.settings.max_regenerations + 1):
             guidance, private = self._guidance(index, intent, pending, rejection)
-            messages = self.agent.messages(instruction, steps, system_extra=note, final_note=guidance.strip())
-            answer = self.agent.propose(messages)
+            answer = self.agent.turn(instruction, steps, system_extra=note, final_note=guidance.strip())
             gen.prompt_tokens += answer.prompt_tokens
             gen.completion_tokens += answer.completion_tokens
             self.counts["agent_prompt"] += answer.prompt_tokens
@@ -228,6 +232,7 @@ class Collector:
             self.counts["parse_retries"] += answer.parse_retries
             if answer.value is None:
                 gen.reason = "unparseable"
+                gen.detail = answer.error
                 return gen
             action = answer.value
             problem = self._mechanical_check(action, intent, index, private)
@@ -267,16 +272,22 @@ class Collector:
         return ""
 
     def _critique(self, index: int, instruction: str, steps: list[Step], action: Action, intent: Intent, pending: list[Step]) -> CriticVerdict:
+        # the rules and the task are a system prompt that stays the same for the whole episode,
+        # so a provider's prompt cache serves it to every critic call after the first
+        system = self.prompts.render("critic_system.txt", instruction=instruction).strip()
         prompt = self.prompts.render(
             "critic.txt", instruction=instruction, transcript=self._transcript(steps), step=index + 1,
             thought=action.thought, action=_describe(action), intent=self._intent_text(intent, action, pending),
         )
-        answer = ask(self.critic, [{"role": "user", "content": prompt}], json_model(_CriticReply))
+        try:
+            answer = self.critic.ask(prompt, json_model(_CriticReply), system=system)
+        except ParseFailed as exc:
+            self.counts["critic_prompt"] += exc.prompt_tokens
+            self.counts["critic_completion"] += exc.completion_tokens
+            self.counts["critic_unreadable"] += 1
+            return CriticVerdict(accepted=False, feedback=f"the reviewer's answer could not be read ({exc.last_error})")
         self.counts["critic_prompt"] += answer.prompt_tokens
         self.counts["critic_completion"] += answer.completion_tokens
-        if answer.value is None:
-            self.counts["critic_unreadable"] += 1
-            return CriticVerdict(accepted=False, feedback=f"the reviewer's answer could not be read ({answer.error})")
         return CriticVerdict(accepted=answer.value.accepted, feedback=answer.value.feedback)
 
     def _intent_text(self, intent: Intent, action: Action, pending: list[Step]) -> str:

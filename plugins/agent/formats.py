@@ -10,7 +10,8 @@ the text the model wrote, for the conversation history.
 ``tool_calls``
     Native OpenAI tool calls: training data carries the reasoning as the
     assistant content and the call as a ``tool_calls`` entry against
-    :data:`TOOLS`. The LLM layer returns text only, so while collecting, the
+    :data:`TOOLS`. Where the backend has native tool calling the agent sends
+    :data:`TOOLS` and reads the calls (:class:`NativeToolCalls`); elsewhere the
     model is asked (:attr:`ActionFormat.transport`, never part of the recorded
     system prompt) for one JSON object::
 
@@ -174,6 +175,38 @@ class ToolCallsFormat(ActionFormat):
         return json.dumps(
             {"thought": action.thought, "tool": action.action, "arguments": action.arguments()}, ensure_ascii=False
         )
+
+
+class NativeToolCalls:
+    """Reads a reply's native tool calls into an :class:`Action` (a parser for ``LLMClient.ask``).
+
+    Exactly one call is expected; the reply's text is the reasoning (models often
+    write none when a call is forced, so it may be empty). A reply without a
+    call is parsed as the format's text spelling, as some servers put the call there.
+    """
+
+    def __init__(self, fallback: ActionFormat) -> None:
+        self.fallback = fallback
+
+    def __call__(self, text: str) -> Action:
+        return self.fallback.parse(text)
+
+    def parse_response(self, response: Any) -> Action:
+        calls = list(response.tool_calls)
+        if not calls:
+            try:
+                return self.fallback.parse(response.text)
+            except ParseError:
+                raise ParseError("no tool call in the reply: call the bash tool to run a command, or finish when done") from None
+        if len(calls) > 1:
+            raise ParseError(f"the reply makes {len(calls)} tool calls: make exactly one per reply")
+        return _action_from(calls[0].name, calls[0].arguments, (response.text or "").strip())
+
+    @staticmethod
+    def wire_call(call_id: str, action: Action) -> dict[str, Any]:
+        """The ``tool_calls`` entry of an assistant message for ``action``."""
+        arguments = json.dumps(action.arguments(), ensure_ascii=False)
+        return {"id": call_id, "type": "function", "function": {"name": action.action, "arguments": arguments}}
 
 
 _CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)

@@ -9,9 +9,28 @@ oversized prompt — retrying cannot help). litellm's own retries are switched
 off (``num_retries=0``, ``max_retries=0``) so that a rate limit is never
 retried twice over.
 
+Structured output: a request with a JSON Schema is sent with the strongest
+``response_format`` the provider takes, trying in order ``json_schema``
+(OpenAI, vLLM; litellm sends it to Anthropic as native structured output for
+the Claude models in its map, and as a forced tool call for older ones),
+``json_object`` with the schema inline (llama.cpp's server), plain
+``json_object`` (JSON mode), then nothing (the core re-asks on a malformed
+reply). A form the provider refuses is remembered per model and the refusal is
+noted in the ledger, so the fallback is paid once.
+
+Native tools are sent as given (``tools``, ``tool_choice``); a provider that
+refuses them raises :class:`FeatureUnsupported` and the agent falls back to
+its text transport. Prompt caching: for providers whose caching is explicit
+(Anthropic), ``cache_control`` breakpoints mark the system prompt and the
+conversation prefix; automatic caching (OpenAI, DeepSeek, vLLM) needs nothing.
+Either way the cache tokens the provider reports are read into the response,
+and the cost is priced with them (``uncached_cost_usd`` says what it would have
+cost without the cache). A model without a known price costs ``None``, not 0.
+
 litellm takes ~3 s to import and fetches its price map from the internet at
 import unless told not to, so it is imported on first use, with
-``LITELLM_LOCAL_MODEL_COST_MAP`` and ``HF_HUB_OFFLINE`` defaulted first.
+``LITELLM_LOCAL_MODEL_COST_MAP``, ``LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS`` and
+``HF_HUB_OFFLINE`` defaulted first.
 The API key is never put in any message this module produces.
 """
 
@@ -28,7 +47,16 @@ from pydantic import Field, SecretStr
 
 from termigen_core import hookimpl
 from termigen_core.components import ComponentConfig, LLMBackend
-from termigen_core.llm import LLMCallFailed, LLMRequest, LLMResponse, TransientLLMError
+from termigen_core.llm import (
+    FeatureUnsupported,
+    LLMCallFailed,
+    LLMRequest,
+    LLMResponse,
+    ModelCapabilities,
+    PromptTooLarge,
+    ToolCall,
+    TransientLLMError,
+)
 
 #: Phrases litellm uses when an HTTP 200 body is not a usable chat completion.
 _MALFORMED_MARKERS = (
@@ -41,6 +69,18 @@ _MALFORMED_MARKERS = (
 )
 _MAX_DETAIL = 500
 
+#: Providers that speak OpenAI's protocol, where a model unknown to litellm's map is
+#: likely a self-hosted one (vLLM, llama.cpp, Ollama...): offer every feature, fall back on refusal.
+_OPENAI_LIKE = ("openai", "hosted_vllm", "ollama", "ollama_chat", "lm_studio", "openai_like", "custom_openai", "llamafile")
+#: Providers whose prompt caching needs explicit ``cache_control`` breakpoints.
+_EXPLICIT_CACHING = ("anthropic", "bedrock", "vertex_ai")
+#: Structured-output wire forms per mode, strongest first (the last resort is none at all).
+_FORMS = {"schema": ("json_schema", "json_object_schema", "json_object"), "json": ("json_object",), "off": ()}
+_FORM_MODE = {"json_schema": "schema", "json_object_schema": "schema", "json_object": "json"}
+#: Words in a refusal that point at the structured-output or the tools part of a request.
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar", "structured")
+_TOOL_WORDS = ("tool", "function")
+
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
 
@@ -52,6 +92,8 @@ def import_litellm() -> ModuleType:
         with _import_lock:
             if _litellm is None:
                 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                # its Anthropic path otherwise fetches a table of beta headers from GitHub
+                os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 import litellm
 
@@ -73,7 +115,48 @@ class LiteLLMBackend(LLMBackend):
         output_cost_per_token: float | None = Field(default=None, ge=0, description="USD per completion token (overrides litellm's price map)")
         extra_body: dict[str, Any] = Field(default_factory=dict, description="extra JSON fields sent with each request")
 
-    config: "LiteLLMBackend.Config"
+    config: LiteLLMBackend.Config
+
+    def __init__(self, config: ComponentConfig | None = None) -> None:
+        super().__init__(config)
+        #: (model, wire form) pairs a provider refused: not tried again by this backend.
+        self._refused: set[tuple[str, str]] = set()
+        self._refused_lock = threading.Lock()
+
+    # -- what the model can do -----------------------------------------------------
+
+    def capabilities(self, settings: Any) -> ModelCapabilities:
+        litellm = import_litellm()
+        model = str(settings.model)
+        try:
+            provider = litellm.get_llm_provider(model, api_base=self.config.api_base)[1]
+        except Exception:  # noqa: BLE001 - an unknown provider is reported by the first call
+            provider = model.split("/", 1)[0]
+        try:
+            info: dict[str, Any] | None = dict(litellm.get_model_info(model))
+        except Exception:  # noqa: BLE001 - not in litellm's map
+            info = None
+        configured_price = self.config.input_cost_per_token is not None or self.config.output_cost_per_token is not None
+        priced = configured_price or (info is not None and info.get("input_cost_per_token") is not None)
+        context = (info or {}).get("max_input_tokens") or None
+        if info is None and provider in _OPENAI_LIKE:
+            # a self-hosted model: ask for everything, the fallbacks handle refusals
+            return ModelCapabilities(("schema", "json"), tools=True, context_tokens=context, priced=priced)
+        schema = _ask_bool(litellm.supports_response_schema, model)
+        structured: tuple[str, ...] = ("schema", "json") if schema else ()
+        if not schema and provider in _OPENAI_LIKE:
+            structured = ("json",)
+        explicit = provider in _EXPLICIT_CACHING and _ask_bool(litellm.utils.supports_prompt_caching, model)
+        return ModelCapabilities(
+            structured, tools=_ask_bool(litellm.supports_function_calling, model), explicit_caching=explicit,
+            context_tokens=context, priced=priced,
+        )
+
+    def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
+        try:
+            return int(import_litellm().token_counter(model=model, messages=messages))
+        except Exception:  # noqa: BLE001 - no tokenizer for this model: estimate
+            return super().count_tokens(model, messages)
 
     # -- checks before the run ---------------------------------------------------
 
@@ -100,7 +183,7 @@ class LiteLLMBackend(LLMBackend):
         litellm = import_litellm()
         kwargs: dict[str, Any] = {
             "model": request.model,
-            "messages": request.messages,
+            "messages": with_cache_breakpoints(request.messages) if request.prompt_caching else request.messages,
             "timeout": request.timeout_s,
             "num_retries": 0,  # retries are the router's job
             "max_retries": 0,  # ...and not the OpenAI SDK's either
@@ -115,41 +198,83 @@ class LiteLLMBackend(LLMBackend):
             kwargs["api_key"] = self.config.api_key.get_secret_value()
         if self.config.extra_body:
             kwargs["extra_body"] = dict(self.config.extra_body)
+        if request.tools:
+            kwargs["tools"] = list(request.tools)
+            if request.tool_choice:
+                kwargs["tool_choice"] = _tool_choice(request.tool_choice)
 
+        notes: list[str] = []
+        forms = [f for f in _FORMS.get(request.structured_output, ()) if (request.model, f) not in self._refused]
+        if request.response_schema is None:
+            forms = []
         started = time.monotonic()
-        try:
-            resp = litellm.completion(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - every failure is translated below
-            raise self._translate(exc, request, litellm) from None
+        for form in [*forms, None]:
+            attempt = dict(kwargs)
+            if form is not None:
+                attempt["response_format"] = _response_format(form, request)
+            try:
+                resp = litellm.completion(**attempt)
+                break
+            except Exception as exc:  # noqa: BLE001 - every failure is translated below
+                if form is not None and _refuses(exc, _FORMAT_WORDS):
+                    with self._refused_lock:
+                        self._refused.add((request.model, form))
+                    notes.append(f"the provider refused response_format {form} ({_status_of(exc) or type(exc).__name__}); fell back")
+                    continue
+                if request.tools and _refuses(exc, _TOOL_WORDS):
+                    raise FeatureUnsupported(
+                        f"{request.model}: the provider refused native tool calls: {self._scrub(str(exc))[:_MAX_DETAIL]}", feature="tools"
+                    ) from None
+                raise self._translate(exc, request, litellm) from None
         latency = time.monotonic() - started
 
         try:
             choice = resp.choices[0]
             text = choice.message.content or ""
             finish_reason = str(choice.finish_reason or "")
+            calls = [
+                ToolCall(str(c.id or f"call_{i}"), str(c.function.name or ""), str(c.function.arguments or ""))
+                for i, c in enumerate(getattr(choice.message, "tool_calls", None) or [])
+            ]
         except (AttributeError, IndexError, TypeError) as exc:
             raise TransientLLMError(f"{request.model}: the reply has no usable choice: {exc}", kind="malformed") from None
         usage = getattr(resp, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        cache_read, cache_write = _cache_tokens(usage)
+        cost, uncached = self._cost(litellm, resp, request.model, prompt_tokens, completion_tokens)
+        mode = "tools" if request.tools else (_FORM_MODE[form] if form is not None else "off")
         return LLMResponse(
             text=text,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            cost_usd=self._cost(litellm, resp, prompt_tokens, completion_tokens),
+            cost_usd=cost,
+            uncached_cost_usd=uncached,
             model=request.model,
             finish_reason=finish_reason,
             latency_s=latency,
+            tool_calls=calls,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            structured_mode=mode,
+            notes=notes,
         )
 
-    def _cost(self, litellm: ModuleType, resp: Any, prompt_tokens: int, completion_tokens: int) -> float:
+    def _cost(self, litellm: ModuleType, resp: Any, model: str, prompt_tokens: int, completion_tokens: int) -> tuple[float | None, float | None]:
+        """(cost, cost without the prompt cache); ``None`` where the price is unknown."""
         cfg = self.config
         if cfg.input_cost_per_token is not None or cfg.output_cost_per_token is not None:
-            return prompt_tokens * (cfg.input_cost_per_token or 0.0) + completion_tokens * (cfg.output_cost_per_token or 0.0)
+            cost = prompt_tokens * (cfg.input_cost_per_token or 0.0) + completion_tokens * (cfg.output_cost_per_token or 0.0)
+            return cost, cost
         try:
-            return float(litellm.completion_cost(completion_response=resp) or 0.0)
-        except Exception:  # noqa: BLE001 - models missing from the price map cost nothing
-            return 0.0
+            cost = float(litellm.completion_cost(completion_response=resp))
+        except Exception:  # noqa: BLE001 - not in the price map: unknown, never a silent 0
+            return None, None
+        try:
+            uncached = sum(litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+        except Exception:  # noqa: BLE001
+            uncached = None
+        return cost, uncached
 
     # -- error translation -----------------------------------------------------------
 
@@ -165,13 +290,14 @@ class LiteLLMBackend(LLMBackend):
         if isinstance(exc, litellm.RateLimitError) or status == 429:
             return TransientLLMError(f"{where}: rate limited (HTTP 429): {detail}", kind="rate_limit", retry_after_s=_retry_after(exc))
         if isinstance(exc, litellm.ContextWindowExceededError):
-            return LLMCallFailed(f"{where}: the prompt does not fit the model's context window; shorten the input or use a model with a larger context: {detail}")
+            return PromptTooLarge(f"{where}: the prompt does not fit the model's context window (set context_tokens for the role if litellm does not know it): {detail}")
+        # refused keys, forbidden or unknown models: every other call would fail the same way
         if isinstance(exc, litellm.AuthenticationError) or status == 401:
-            return LLMCallFailed(f"{where}: authentication failed (HTTP 401); check the API key (api_key: {{$env: NAME}} or the provider's environment variable): {detail}")
+            return LLMCallFailed(f"{where}: authentication failed (HTTP 401); check the API key (api_key: {{$env: NAME}} or the provider's environment variable): {detail}", stops_run=True)
         if isinstance(exc, litellm.PermissionDeniedError) or status == 403:
-            return LLMCallFailed(f"{where}: permission denied (HTTP 403); the key may not be allowed to use this model: {detail}")
+            return LLMCallFailed(f"{where}: permission denied (HTTP 403); the key may not be allowed to use this model: {detail}", stops_run=True)
         if isinstance(exc, litellm.NotFoundError) or status == 404:
-            return LLMCallFailed(f"{where}: not found (HTTP 404); check the model name and api_base: {detail}")
+            return LLMCallFailed(f"{where}: not found (HTTP 404); check the model name and api_base: {detail}", stops_run=True)
         if any(marker in lowered for marker in _MALFORMED_MARKERS):
             return TransientLLMError(f"{where}: the reply could not be parsed as a chat completion: {detail}", kind="malformed")
         server_errors = (litellm.InternalServerError, litellm.ServiceUnavailableError, litellm.BadGatewayError, litellm.APIConnectionError)
@@ -187,6 +313,77 @@ class LiteLLMBackend(LLMBackend):
         """Remove the API key from text (keys under 4 characters are not real secrets)."""
         key = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
         return text.replace(key, "***") if len(key) >= 4 else text
+
+
+def _ask_bool(check: Any, model: str) -> bool:
+    try:
+        return bool(check(model))
+    except Exception:  # noqa: BLE001 - litellm raises for models it does not know
+        return False
+
+
+def _response_format(form: str, request: LLMRequest) -> dict[str, Any]:
+    schema = request.response_schema or {}
+    if form == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": request.schema_name, "schema": schema, "strict": False}}
+    if form == "json_object_schema":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_object"}
+
+
+def _tool_choice(choice: str) -> Any:
+    if choice in ("auto", "required", "none"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def _refuses(exc: Exception, words: tuple[str, ...]) -> bool:
+    """A request-validation refusal that names a part of the request (not an outage).
+
+    Some servers refuse with a 500 (llama.cpp's server rejects OpenAI's
+    ``json_schema`` form that way), so the status alone does not tell.
+    """
+    status = _status_of(exc)
+    if status is not None and status not in (400, 415, 422, 500, 501):
+        return False
+    text = str(exc).lower()
+    if status is None and "badrequest" not in type(exc).__name__.lower() and "unprocessable" not in type(exc).__name__.lower():
+        return False
+    return any(word in text for word in words)
+
+
+def _cache_tokens(usage: Any) -> tuple[int, int]:
+    """(read, written) prompt-cache tokens: Anthropic's fields, or OpenAI's ``cached_tokens``."""
+    if usage is None:
+        return 0, 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    read = getattr(usage, "cache_read_input_tokens", None) or getattr(details, "cached_tokens", None) or 0
+    written = getattr(usage, "cache_creation_input_tokens", None) or getattr(details, "cache_creation_tokens", None) or 0
+    return int(read or 0), int(written or 0)
+
+
+def with_cache_breakpoints(messages: list[dict[str, Any]], conversation_marks: int = 2) -> list[dict[str, Any]]:
+    """Mark the system prompt and, in a conversation, the last user/tool messages as cache breakpoints.
+
+    Anthropic caches the prefix up to each marked block (at most four per
+    request) and bills a write at 1.25x the input price, a read at 0.1x. The
+    system prompt is marked always (it repeats across the calls of an episode).
+    Once the model has answered before (an agent's turns), the latest two turns
+    are marked too: the next request repeats them and adds one, so it reads the
+    prefix written by this one, even when the very last message carried text
+    that the next request drops (the collector's private guidance). A one-shot
+    prompt gets no conversation mark: nothing would ever read it back.
+    """
+    out = [dict(m) for m in messages]
+    marked = [i for i, m in enumerate(out) if m.get("role") == "system"][:1]
+    if any(m.get("role") == "assistant" for m in out):
+        turns = [i for i, m in enumerate(out) if m.get("role") in ("user", "tool")]
+        marked += turns[-conversation_marks:]
+    for index in marked:
+        content = out[index].get("content")
+        if isinstance(content, str) and content:
+            out[index]["content"] = [{"type": "text", "text": content, "cache_control": {"type": "ephemeral"}}]
+    return out
 
 
 def _status_of(exc: Exception) -> int | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from string import Template
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +21,8 @@ from termigen_core.components import ComponentConfig, Stage
 from termigen_core.errors import Reject
 from termigen_core.items import Item
 from termigen_core.llm import json_model
+
+from .synthesize import load_template
 
 if TYPE_CHECKING:
     from termigen_core.context import StageContext
@@ -71,13 +72,10 @@ class ProposeStage(Stage):
     accepts = ("seed",)
     roles = ("proposer", "evaluator")
 
-    def _template(self, override: Path | None, default: str) -> Template:
-        return Template((override or PROMPTS / default).read_text(encoding="utf-8"))
-
     def process(self, item: Item, ctx: "StageContext") -> Item:
         config: ProposeConfig = self.config  # type: ignore[assignment]
-        proposer_t = self._template(config.proposer_prompt, "proposer.txt")
-        evaluator_t = self._template(config.evaluator_prompt, "evaluator.txt")
+        proposer_t = load_template(config.proposer_prompt, "proposer.txt")
+        evaluator_t = load_template(config.evaluator_prompt, "evaluator.txt")
         seed = item.data["text"]
         feedback = ""
         rounds = []

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from termigen_core import hookimpl
+from termigen_core import hookimpl, prompts
 from termigen_core.components import ComponentConfig, Stage
 from termigen_core.errors import ParseError, Reject
 from termigen_core.items import Item
-from termigen_core.llm import json_model
+from termigen_core.llm import json_model, with_schema
 from termigen_core.records import TaskRecord
 from termigen_core.safepaths import Limits, UnsafePath, check_tree, clean_relative
 from termigen_plugins.verifiers.lint import ERROR, dockerfile_findings, dockerfile_instructions, from_images, is_verification_path
@@ -45,8 +45,8 @@ DOCKERFILE = "Dockerfile"
 
 
 def load_template(override: Path | None, default: str) -> Template:
-    """A prompt template: the user's file if configured, else the built-in one."""
-    return Template((override or PROMPTS / default).read_text(encoding="utf-8"))
+    """A stage prompt: the user's file if configured, else the built-in one in ``prompts/``."""
+    return prompts.load_template(PROMPTS / default, override)
 
 
 # --- replies ------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def blueprint_parser(max_files: int) -> Callable[[str], Blueprint]:
             raise ParseError("; ".join(problems))
         return Blueprint(files=cleaned, instruction=plan.instruction.strip(), workdir=workdir)
 
-    return parse
+    return with_schema(Blueprint, parse)
 
 
 # --- the stage ----------------------------------------------------------------------

@@ -17,8 +17,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
-from string import Template
-from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,9 +25,11 @@ from termigen_core import hookimpl
 from termigen_core.components import ComponentConfig, Stage
 from termigen_core.errors import ParseError, Reject
 from termigen_core.items import Item
-from termigen_core.llm import json_model, parse_json
+from termigen_core.llm import json_model, parse_json, with_schema
 from termigen_core.records import TESTS_DIR, Review, TaskRecord, verification_command
 from termigen_core.safepaths import Limits, UnsafePath, check_tree
+
+from .synthesize import load_template
 
 if TYPE_CHECKING:
     from termigen_core.context import StageContext
@@ -47,9 +48,11 @@ ENV_TOTAL_CHARS = 24000
 # --- shared helpers --------------------------------------------------------------------
 
 
-def load_template(override: Path | None, default: str) -> Template:
-    """A prompt template: the user's file when configured, else the built-in one."""
-    return Template((override or PROMPTS / default).read_text(encoding="utf-8"))
+class TestFiles(BaseModel):
+    """The shape of a test generator's reply (sent as its JSON Schema where the backend can)."""
+
+    __test__ = False  # not a pytest class
+    files: dict[str, str]
 
 
 def parse_test_files(text: str) -> dict[str, str]:
@@ -137,18 +140,6 @@ def task_context(record: TaskRecord) -> dict[str, str]:
     }
 
 
-def ask(ctx: "StageContext", role: str, prompt: str, parse: Callable[[str], T]) -> T:
-    """Ask ``role``; a reply still malformed after the bounded retries rejects the task.
-
-    A rejection, not a failure: a resumed run would replay the same stored
-    replies and fail the same way, so retrying it on resume gains nothing.
-    """
-    try:
-        return ctx.llm(role).ask(prompt, parse).value
-    except ParseError as exc:
-        raise Reject(str(exc)) from exc
-
-
 def with_task(item: Item, record: TaskRecord, **meta: Any) -> Item:
     """The item carrying the updated record (and extra ``meta``)."""
     return item.evolve(data={**item.data, "task": record.model_dump()}, **meta)
@@ -217,9 +208,11 @@ class TestsStage(Stage):
         reviews: list[Review] = []
         feedback = ""
         for round_no in range(1, config.max_rounds + 1):
-            files = ask(ctx, "test_generator", generator_t.safe_substitute(context, feedback=feedback), parse_test_files)
+            files = ctx.llm("test_generator").ask(
+                generator_t.safe_substitute(context, feedback=feedback), with_schema(TestFiles, parse_test_files)
+            ).value
             tests_text = describe_files(files, per_file=64 * 1024, total=256 * 1024)
-            verdict = ask(ctx, "judge", judge_t.safe_substitute(context, tests=tests_text), json_model(JudgeVerdict))
+            verdict = ctx.llm("judge").ask(judge_t.safe_substitute(context, tests=tests_text), json_model(JudgeVerdict)).value
             review = _review(round_no, verdict)
             reviews.append(review)
             if verdict.approved:

@@ -33,14 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
-
-from termigen_core import hookimpl
-from termigen_core.components import ComponentConfig, Stage
-from termigen_core.errors import ComponentNotFound, ConfigIssue, Reject
-from termigen_core.items import Item
-from termigen_core.records import TaskRecord, TrajectoryRecord
-from termigen_core.suggest import did_you_mean
-
 from termigen_plugins.agent.agent import AgentSettings, BashAgent
 from termigen_plugins.agent.collect import Collector, CollectSettings, ModeSpec, Prompts
 from termigen_plugins.agent.formats import TOOLS, get_format
@@ -50,6 +42,13 @@ from termigen_plugins.agent.stats import trajectory_statistics
 from termigen_plugins.agent.tools import tools_used
 from termigen_plugins.error_modes import mode_applies
 from termigen_plugins.verifiers.leaks import LeakScanner
+
+from termigen_core import hookimpl
+from termigen_core.components import ComponentConfig, Stage
+from termigen_core.errors import ComponentNotFound, ConfigIssue, Reject
+from termigen_core.items import Item
+from termigen_core.records import TaskRecord, TrajectoryRecord
+from termigen_core.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from termigen_core.context import StageContext
@@ -85,7 +84,7 @@ class TrajectoriesStage(Stage):
     config: TrajectoriesConfig
 
     @classmethod
-    def check_config(cls, config: ComponentConfig, registry: "ComponentRegistry") -> list[ConfigIssue]:
+    def check_config(cls, config: ComponentConfig, registry: ComponentRegistry) -> list[ConfigIssue]:
         assert isinstance(config, TrajectoriesConfig)
         installed = registry.names("error_mode")
         issues: list[ConfigIssue] = []
@@ -103,7 +102,7 @@ class TrajectoriesStage(Stage):
             issues.append(ConfigIssue("error_modes", "no error mode is enabled with a positive weight; set injection_rate: 0 for error-free trajectories"))
         return issues
 
-    def process(self, item: Item, ctx: "StageContext") -> list[Item]:
+    def process(self, item: Item, ctx: StageContext) -> list[Item]:
         record = TaskRecord.of(item.data)
         if not record.build.image:
             raise Reject("the task has no built image (run the build stage, or import a task with one)")
@@ -112,15 +111,23 @@ class TrajectoriesStage(Stage):
         modes = self._modes(ctx, record)
         seeds = trajectory_seeds(ctx.rng, self.config.per_task)  # ctx.rng is a fresh generator per access
         children = []
+        unusable: list[str] = []
         for index, seed in enumerate(seeds):
             trajectory = self._collect(item, record, ctx, modes, index, seed)
+            if isinstance(trajectory, str):
+                unusable.append(f"trajectory {index}: {trajectory}")
+                continue
             children.append(item.child(
                 index, kind="trajectory", data={"task": item.data["task"], "trajectory": trajectory.model_dump()},
                 trajectory_seed=seed, resolved=trajectory.resolved, pass_ratio=trajectory.pass_ratio,
             ))
+        if not children:
+            raise Reject("no usable trajectory: " + "; ".join(unusable), {"unusable": unusable})
+        for reason in unusable:
+            ctx.log("dropped %s", reason)
         return children
 
-    def _modes(self, ctx: "StageContext", record: TaskRecord) -> dict[str, tuple[ModeSpec, float]]:
+    def _modes(self, ctx: StageContext, record: TaskRecord) -> dict[str, tuple[ModeSpec, float]]:
         """Enabled modes that apply to this task, with their weights (weight 0 drops a mode)."""
         names = self.config.error_modes if self.config.error_modes is not None else ctx.registry.names("error_mode")
         modes: dict[str, tuple[ModeSpec, float]] = {}
@@ -134,8 +141,13 @@ class TrajectoriesStage(Stage):
                 modes[name] = (ModeSpec.of(cls), float(weight))
         return modes
 
-    def _collect(self, item: Item, record: TaskRecord, ctx: "StageContext", modes: dict[str, tuple[ModeSpec, float]],
-                 index: int, seed: int) -> TrajectoryRecord:
+    def _collect(self, item: Item, record: TaskRecord, ctx: StageContext, modes: dict[str, tuple[ModeSpec, float]],
+                 index: int, seed: int) -> TrajectoryRecord | str:
+        """One episode, scored; or why it is unusable (the agent never produced a usable action).
+
+        Such an episode is never kept as training data: zero commands tell nothing,
+        whatever the tests say about the untouched environment.
+        """
         cfg = self.config
         prompts = Prompts(cfg.prompts_dir)
         agent_llm, critic_llm = ctx.llm("agent"), ctx.llm("critic")
@@ -155,6 +167,9 @@ class TrajectoriesStage(Stage):
         scratch = ctx.workdir() / f"trajectory-{index}"
         with ctx.sandbox(record.build.image or "", workdir=record.workdir) as box:
             episode = collector.run(box, record.instruction)
+            if episode.stopped in ("unparseable", "no_acceptable_step") and episode.stats["commands"] == 0:
+                why = "no parseable action" if episode.stopped == "unparseable" else "no step the checks and critic accepted"
+                return f"{why} after {len(episode.steps)} step(s) ({episode.detail or episode.stopped})"
             card = run_tests(box, record, scratch, cfg.test_timeout_s)
         ctx.log("trajectory %d: %d steps (%s), %d/%d tests passed", index, len(episode.steps), episode.stopped, card.passed, card.total)
         return TrajectoryRecord(
@@ -163,7 +178,7 @@ class TrajectoriesStage(Stage):
             tools=TOOLS, steps=episode.steps, finished=episode.finished, resolved=card.resolved,
             pass_ratio=card.pass_ratio, tests_passed=card.passed, tests_total=card.total, test_output_tail=card.output_tail,
             tools_used=tools_used(s.command for s in episode.steps if s.action == "bash"),
-            stats={**episode.stats, "critic_model": critic_llm.model, "injection_rate": cfg.injection_rate,
+            stats={**episode.stats, "stopped_detail": episode.detail, "critic_model": critic_llm.model, "injection_rate": cfg.injection_rate,
                    "modes_applicable": sorted(modes), "test_exit_code": card.exit_code, "test_timed_out": card.timed_out},
         )
 
@@ -172,7 +187,7 @@ class TrajectoriesStage(Stage):
         return trajectory_statistics(trajectories) if trajectories else {}
 
 
-def _weight(registry: "ComponentRegistry", name: str) -> float:
+def _weight(registry: ComponentRegistry, name: str) -> float:
     return float(getattr(registry.get("error_mode", name), "weight", 1.0))
 
 

@@ -30,7 +30,9 @@ from termigen_core.items import Item
 from termigen_core.records import TESTS_DIR, RunCheck, TaskRecord, Validation, verification_command
 from termigen_core.safepaths import write_tree
 
-from termigen_plugins.stages.tests_stage import ask, describe_files, load_template, parse_test_files, task_context, with_task
+from termigen_core.llm import with_schema
+from termigen_plugins.stages.synthesize import load_template
+from termigen_plugins.stages.tests_stage import TestFiles, describe_files, parse_test_files, task_context, with_task
 
 if TYPE_CHECKING:
     from termigen_core.context import StageContext
@@ -256,7 +258,7 @@ class ValidateStage(Stage):
         if problem.culprit == "tests":
             template = load_template(self.cfg.test_repair_prompt, "test_repair.txt")
             prompt = template.safe_substitute(self._context(record), problem=problem.summary, evidence=problem.evidence)
-            record.tests = ask(ctx, "test_generator", prompt, parse_test_files)
+            record.tests = ctx.llm("test_generator").ask(prompt, with_schema(TestFiles, parse_test_files)).value
             record.models["test_generator"] = ctx.llm("test_generator").model
         else:
             record.solution = self._ask_solution(
@@ -267,7 +269,7 @@ class ValidateStage(Stage):
 
     def _ask_solution(self, record: TaskRecord, ctx: "StageContext", default: str, override: Path | None, **extra: str) -> str:
         prompt = load_template(override, default).safe_substitute(self._context(record), **extra)
-        return ask(ctx, "solver", prompt, parse_solution)
+        return ctx.llm("solver").ask(prompt, parse_solution).value
 
     def _context(self, record: TaskRecord) -> dict[str, str]:
         return {

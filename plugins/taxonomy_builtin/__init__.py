@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import string
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from pydantic import (
     BaseModel,
@@ -33,8 +35,13 @@ from pydantic_core import PydanticCustomError
 from termigen_core import hookimpl
 from termigen_core.components import ComponentConfig, SeedSource
 from termigen_core.config import issues_from_validation
-from termigen_core.errors import ConfigError, ConfigIssue, ParseError
-from termigen_core.llm import parse_json
+from termigen_core.errors import (
+    ConfigError,
+    ConfigIssue,
+    InfrastructureError,
+    ParseError,
+)
+from termigen_core.llm import parse_json, with_schema
 from termigen_core.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -46,6 +53,10 @@ DEFAULT_PROMPT = HERE / "seed_prompt.txt"
 #: Seeds are one-line objectives; anything longer is a task description, not a seed.
 MAX_SEED_CHARS = 300
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
+#: Item id under which a category whose seeding failed is recorded in the run store.
+CATEGORY_ITEM_PREFIX = "category:"
+
+log = logging.getLogger("termigen")
 
 
 # --- the data model ------------------------------------------------------------
@@ -111,7 +122,7 @@ class Taxonomy(_Strict):
         return categories
 
     @model_validator(mode="after")
-    def _tiers_declared(self) -> "Taxonomy":
+    def _tiers_declared(self) -> Taxonomy:
         if self.tiers:
             for index, category in enumerate(self.categories):
                 if category.tier not in self.tiers:
@@ -185,6 +196,12 @@ def load_taxonomy(source: str | Path = "builtin") -> Taxonomy:
 
 
 # --- the seed source ------------------------------------------------------------
+
+
+class SeedList(BaseModel):
+    """The shape of a seeder's reply (sent as its JSON Schema where the backend can)."""
+
+    seeds: list[str]
 
 
 def parse_seeds(text: str) -> list[str]:
@@ -279,7 +296,7 @@ class TaxonomySeedSource(SeedSource):
 
     config: Config
 
-    def load(self, ctx: "StageContext | None" = None) -> Taxonomy:
+    def load(self, ctx: StageContext | None = None) -> Taxonomy:
         """The configured taxonomy; file paths resolve against the config file's folder."""
         source = self.config.taxonomy
         if source == "builtin":
@@ -302,7 +319,19 @@ class TaxonomySeedSource(SeedSource):
             raise ConfigError([ConfigIssue("prompt", f"prompt template not found: {path}")])
         return path.read_text(encoding="utf-8")
 
-    def seeds(self, ctx: "StageContext") -> Iterator[dict[str, Any]]:
+    def seeds(self, ctx: StageContext) -> Iterator[dict[str, Any]]:
+        """One call per category; one category's failure does not stop the others.
+
+        A reply still malformed after the re-asks is recorded as the category's
+        ``rejected`` outcome (a quality gate: replaying the stored answers gives the
+        same); a model call that failed for good (an :class:`InfrastructureError`) as
+        ``failed`` (infrastructure), which the runner retries on resume by running the
+        source stage again: the stored answers of the other categories are replayed
+        for free, only the failed ones are asked again. Both are recorded under the
+        item id ``category:<id>`` so the report and ``termigen status`` name them.
+        An error that stops the run (a refused key) and a spent budget propagate at
+        once; if every category fails, the stage fails.
+        """
         taxonomy = self.load(ctx)
         categories = self.selected(taxonomy)
         template = self.template()
@@ -314,8 +343,22 @@ class TaxonomySeedSource(SeedSource):
                 [ConfigIssue("prompt", f"template has an unknown or malformed placeholder: {exc}")]
             ) from None
         client = ctx.llm("seeder")
+        failures: list[str] = []
+        infrastructure = False
         for category, prompt in zip(categories, prompts):
-            reply = client.ask(prompt, parse_seeds)
+            try:
+                reply = client.ask(prompt, with_schema(SeedList, parse_seeds))
+            except ParseError as exc:
+                failures.append(f"{category.id}: {exc}")
+                self._record_failure(ctx, category, "rejected", exc)
+                continue
+            except InfrastructureError as exc:  # BudgetExceeded is not one: it stops the run, resumably
+                self._record_failure(ctx, category, "failed", exc)
+                if exc.stops_run:
+                    raise
+                failures.append(f"{category.id}: {exc}")
+                infrastructure = True
+                continue
             texts = reply.value[: self.config.per_category]
             wanted = self.config.per_category
             if len(texts) < wanted:
@@ -327,6 +370,19 @@ class TaxonomySeedSource(SeedSource):
                     "category_name": category.name,
                     "tier": category.tier,
                 }
+        if categories and len(failures) == len(categories):
+            summary = f"seeding failed for every category ({len(failures)}): " + "; ".join(failures)
+            raise InfrastructureError(summary) if infrastructure else ParseError(summary)
+
+    def _record_failure(self, ctx: StageContext, category: Category, status: str, exc: Exception) -> None:
+        reason = f"seeding category {category.id} ({category.name}): {exc}"
+        level = logging.WARNING if status == "failed" else logging.INFO  # as the runner logs its items
+        log.log(level, "stage %d %s: %s%s %s: %s", ctx.stage_index, ctx.stage_name, CATEGORY_ITEM_PREFIX, category.id, status, reason)
+        ctx.store.record_outcome(
+            f"{CATEGORY_ITEM_PREFIX}{category.id}", ctx.stage_index, ctx.stage_name, status, reason[:2000],
+            json.dumps({"category": category.id, "error": type(exc).__name__}),
+            failure_kind="infrastructure" if status == "failed" else None,
+        )
 
 
 @hookimpl

@@ -42,11 +42,21 @@ class Behaviour:
     #: Seconds to wait before answering (to provoke client timeouts).
     delay_s: float = 0.0
     error_message: str = ""
+    #: Native tool calls in the reply: ``(name, arguments_json)`` pairs.
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    #: Tokens the provider reports as read from its prompt cache (OpenAI's ``cached_tokens``).
+    cached_tokens: int = 0
 
 
 def completion(text: str, *, prompt_tokens: int = 10, completion_tokens: int = 5, finish_reason: str = "stop") -> Behaviour:
     """A normal 200 chat completion."""
     return Behaviour(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reason=finish_reason)
+
+
+def tool_call(name: str, arguments: dict[str, Any] | str, *, text: str = "") -> Behaviour:
+    """A 200 reply making one native tool call (``finish_reason: tool_calls``)."""
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return Behaviour(text=text, tool_calls=((name, args),), finish_reason="tool_calls")
 
 
 def rate_limited(retry_after: float | None = 1) -> Behaviour:
@@ -154,14 +164,25 @@ def _completion_body(behaviour: Behaviour, model: str) -> dict[str, Any]:
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": behaviour.text}, "finish_reason": behaviour.finish_reason}
+            {"index": 0, "message": _message(behaviour), "finish_reason": behaviour.finish_reason}
         ],
         "usage": {
             "prompt_tokens": behaviour.prompt_tokens,
             "completion_tokens": behaviour.completion_tokens,
             "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": behaviour.cached_tokens},
         },
     }
+
+
+def _message(behaviour: Behaviour) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": behaviour.text or None if behaviour.tool_calls else behaviour.text}
+    if behaviour.tool_calls:
+        message["tool_calls"] = [
+            {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+            for i, (name, args) in enumerate(behaviour.tool_calls)
+        ]
+    return message
 
 
 class _Server(ThreadingHTTPServer):
