@@ -13,7 +13,7 @@ llama-cpp-python (``scripts/setup-model.sh`` installs both), twice:
 
 Each reply is parsed exactly as the stage parses it, with no re-ask (``max_parse_retries: 0``);
 the figure is the share that parses (and validates) on the first try, and the ratio of the
-two. ``--requests N`` per role and mode (default 4).
+two. ``--requests N`` per role and mode (default 2). Replies are capped at 200 tokens.
 
     .venv/bin/python benchmarks/structured_output.py
 """
@@ -81,7 +81,7 @@ def run(base_url: str, mode: str, work: Path, prompts: list[tuple[str, str, Call
     store = RunStore(work / mode)
     settings = RoleSettings(
         backend="litellm", model="openai/smollm2", api_base=base_url, api_key="local", structured_output=mode,
-        max_parse_retries=0, max_tokens=384, temperature=0.7, timeout_s=300, context_tokens=8192,
+        max_parse_retries=0, max_tokens=200, temperature=0.7, timeout_s=300, context_tokens=8192,
     )
     router = LLMRouter(default=settings, roles={}, backends={"litellm": LiteLLMBackend}, store=store)
     by_role: dict[str, list[bool]] = {}
@@ -93,6 +93,7 @@ def run(base_url: str, mode: str, work: Path, prompts: list[tuple[str, str, Call
         except ParseFailed:
             ok = False
         by_role.setdefault(role, []).append(ok)
+        print(f"  {mode:<6} {index + 1:>3}/{len(prompts)} {role:<15} {'parsed' if ok else 'unusable'}", file=sys.stderr, flush=True)
     modes = sorted({row["structured_mode"] for row in store.llm_calls() if row["status"] == "ok"})
     store.close()
     parsed = sum(sum(v) for v in by_role.values())
@@ -102,7 +103,7 @@ def run(base_url: str, mode: str, work: Path, prompts: list[tuple[str, str, Call
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=4, help="prompts per role and mode")
+    parser.add_argument("--requests", type=int, default=2, help="prompts per role and mode")
     parser.add_argument("--base-url", help="an already running OpenAI-compatible server (default: start SmolLM2 here)")
     args = parser.parse_args()
     prompts = cases(args.requests)

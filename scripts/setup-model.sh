@@ -64,12 +64,16 @@ finish() {
 }
 
 pip_or_die() {  # pip_or_die WHAT ARGS...: run pip quietly into the log, or show its tail and fail
-  local what="$1"; shift
-  if ! "$venv/bin/python" -m pip install --disable-pip-version-check --no-input "$@" >>"$log" 2>&1; then
-    echo "setup-model: installing $what failed; last lines of $log:" >&2
-    grep -v "^WARNING: Location 'file://" "$log" | tail -n 40 >&2
+  local what="$1" rc=0; shift
+  "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --progress-bar off "$@" >"$log.step" 2>&1 || rc=$?
+  cat "$log.step" >>"$log"
+  if [ "$rc" -ne 0 ]; then
+    echo "setup-model: installing $what failed (pip exit $rc); its last lines (all of it: $log):" >&2
+    grep -v "^WARNING: Location 'file://" "$log.step" | tail -n 25 >&2
+    rm -f "$log.step"
     exit 1
   fi
+  rm -f "$log.step"
 }
 
 # One setup at a time (test.sh and a developer may run it together).
@@ -136,7 +140,7 @@ EOF
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
-  echo "$check_out" | tail -n 20 >&2
+  [ -z "$check_out" ] || printf '%s\n' "$check_out" | tail -n 20 >&2
   if [ "$rc" -ge 128 ]; then
     die "llama-cpp-python crashed (exit $rc) generating with the model: it was probably built for another CPU (a native build, perhaps a wheel from pip's cache). Run: $venv/bin/python -m pip cache remove llama_cpp_python; rm -rf $venv; $0"
   fi

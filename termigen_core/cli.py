@@ -122,7 +122,10 @@ def _load(host: PluginHost, config_file: Path, overrides: tuple[str, ...] | list
     from .userdirs import user_dirs
 
     defaults = load_user_defaults(user_dirs().user_config)
-    return load_pipeline(config_file, host.registry, overrides=list(overrides), user_defaults=defaults)
+    pipeline = load_pipeline(config_file, host.registry, overrides=list(overrides), user_defaults=defaults)
+    for note in pipeline.notes:
+        click.echo(f"note: {note}", err=True)
+    return pipeline
 
 
 # --- status -----------------------------------------------------------------------

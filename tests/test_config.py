@@ -92,6 +92,42 @@ def test_llm_role_and_backend_errors(tmp_path, registry):
     assert any(p.startswith("llm.default.scrpt: unknown key for backend 'scripted' (did you mean 'script'?)") for p in found), found
 
 
+def test_backend_options_live_under_llm_backends_so_a_switch_is_valid(tmp_path, registry):
+    data = base_config()
+    data["llm"] = {"default": {"backend": "scripted", "model": "m"}, "backends": {"scripted": {"script": "script.yaml"}}}
+    path = write_yaml(tmp_path / "p.yaml", data)
+    pipeline = load_pipeline(path, registry, environ={})
+    assert pipeline.config.llm.backends["scripted"] == {"script": "script.yaml"} and pipeline.notes == []
+    switched = load_pipeline(path, registry, environ={}, overrides=["llm.default.backend=litellm", "llm.default.model=openai/x"])
+    assert switched.config.llm.default.backend == "litellm" and switched.notes == []
+
+
+def test_a_switch_drops_the_other_backends_inline_options_with_a_note(tmp_path, registry):
+    path = write_yaml(tmp_path / "p.yaml", base_config())  # script: inline on llm.default
+    pipeline = load_pipeline(path, registry, environ={}, overrides=["llm.default.backend=litellm", "llm.default.model=openai/x"])
+    assert pipeline.config.llm.default.backend_options() == {}
+    [note] = pipeline.notes
+    assert note.startswith("llm.default.script: ignored: it is an option of backend 'scripted' and this role uses 'litellm'")
+    result = run_cli("config", "check", str(path), "--plugin", str(TEST_PLUGIN), "-s", "llm.default.backend=litellm",
+                     "-s", "llm.default.model=openai/x")
+    assert result.returncode == 0, result.stderr
+    assert "note: llm.default.script: ignored" in result.stderr
+
+
+def test_llm_backends_section_errors_have_paths(tmp_path, registry):
+    data = base_config()
+    data["llm"] = {"default": {"backend": "scripted"},
+                   "backends": {"scripted": {"scrpt": "s.yaml"}, "litelm": {}, "litellm": {"api_base": 3}}}
+    data["llm"]["roles"] = {"worker": {"backend": "litellm", "model": "openai/x"}}
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(write_yaml(tmp_path / "p.yaml", data), registry, environ={})
+    found = problems(info.value)
+    assert "llm.backends.scripted.scrpt: unknown key for backend 'scripted' (did you mean 'script'?)" in found, found
+    assert any(p.startswith("llm.backends.litelm: no LLM backend named 'litelm' (did you mean 'litellm'?)") for p in found), found
+    assert any(p.startswith("llm.default.script: required by backend 'scripted'") for p in found), found
+    assert any(p.startswith("llm.backends.litellm.api_base:") for p in found), found
+
+
 def test_env_secrets_resolve_and_missing_ones_are_errors(tmp_path, registry):
     data = base_config()
     data["llm"]["default"] = {"backend": "litellm", "model": "openai/x", "api_key": {"$env": "MY_TEST_KEY"}}

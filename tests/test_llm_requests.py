@@ -319,3 +319,29 @@ def test_an_older_run_store_gains_the_new_ledger_columns(tmp_path: Path) -> None
         assert store.total_llm_cost() == 0.5 and store.cache_savings()["cache_read_tokens"] == 0
     finally:
         store.close()
+
+
+# --- prices and budgets ------------------------------------------------------------------------
+
+
+def test_a_budget_with_an_unpriced_model_is_refused_before_any_work(tmp_path: Path, api: OpenAIServer) -> None:
+    from helpers import TEST_PLUGIN, run_cli, write_yaml
+
+    before = len(api.requests)
+    config = write_yaml(tmp_path / "p.yaml", {
+        "version": 1,
+        "run": {"out": str(tmp_path / "run"), "budget_usd": 1},
+        "llm": {"default": {"backend": "litellm", "model": "openai/local-model"},
+                "backends": {"litellm": {"api_base": api.base_url, "api_key": "sk-test-key"}}},
+        "stages": [{"use": "count", "with": {"n": 1}}, {"use": "ask"}],
+    })
+    refused = run_cli("run", str(config), "--plugin", str(TEST_PLUGIN))
+    assert refused.returncode == 2, refused.stderr
+    assert "the price of openai/local-model is unknown" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(api.requests) == before
+    api.enqueue(completion("fine"))
+    priced = run_cli("run", str(config), "--plugin", str(TEST_PLUGIN), "-s", "llm.backends.litellm.input_cost_per_token=0.000001",
+                     "-s", "llm.backends.litellm.output_cost_per_token=0.000002")
+    assert priced.returncode == 0, priced.stdout + priced.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["llm"]["cost_usd"] > 0 and summary["llm"]["unpriced_calls"] == 0

@@ -42,6 +42,7 @@ from termigen_core.errors import (
     ParseError,
 )
 from termigen_core.llm import parse_json, with_schema
+from termigen_core.prompts import read_prompt
 from termigen_core.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -314,10 +315,7 @@ class TaxonomySeedSource(SeedSource):
         return [taxonomy.category(cid) for cid in dict.fromkeys(self.config.categories)]
 
     def template(self) -> str:
-        path = self.config.prompt or DEFAULT_PROMPT
-        if not path.is_file():
-            raise ConfigError([ConfigIssue("prompt", f"prompt template not found: {path}")])
-        return path.read_text(encoding="utf-8")
+        return read_prompt(DEFAULT_PROMPT, self.config.prompt)
 
     def seeds(self, ctx: StageContext) -> Iterator[dict[str, Any]]:
         """One call per category; one category's failure does not stop the others.

@@ -96,15 +96,16 @@ import hashlib
 import itertools
 import json
 import re
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.support.loopback import LoopbackServer, QuietThreadingServer
 
 #: The path litellm posts to (``api_base`` + ``/v1/messages``).
 MESSAGES_PATH = "/v1/messages"
@@ -499,7 +500,7 @@ class _State:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real API
-    server: _Server
+    server: QuietThreadingServer
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -631,26 +632,12 @@ def _validate(body: dict[str, Any]) -> str:
     return ""
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    state: _State
+class AnthropicServer(LoopbackServer):
+    """Loopback Anthropic Messages API server; use as a context manager (``url`` is the
+    ``api_base`` / ``ANTHROPIC_BASE_URL`` to give litellm)."""
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        # Without TCP_NODELAY every small reply waits for delayed ACKs (~44 ms a request).
-        conn, addr = super().get_request()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out and hung up is expected (timeout tests); anything else is a bug.
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            super().handle_error(request, client_address)
-
-
-class AnthropicServer:
-    """Loopback Anthropic Messages API server; use as a context manager."""
+    handler = _Handler
+    thread_name = "anthropic-test-server"
 
     def __init__(
         self,
@@ -669,43 +656,8 @@ class AnthropicServer:
         else:
             minimum = min_tokens
         self._state = _State(responder=responder or default_responder, api_key=api_key, cache=PromptCache(minimum))
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------
-
-    def start(self) -> AnthropicServer:
-        httpd = _Server(("127.0.0.1", 0), _Handler)
-        httpd.state = self._state
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="anthropic-test-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> AnthropicServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- addresses ---------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``: the ``api_base`` / ``ANTHROPIC_BASE_URL`` to give litellm."""
-        if self._httpd is None:
-            raise RuntimeError("the server is not running")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def messages_url(self) -> str:

@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 REPO = Path(__file__).resolve().parents[2]
 #: Path of a GGUF file to serve (instead of the one in the model venv).
@@ -152,7 +153,7 @@ class ModelServer:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> "ModelServer":
+    def start(self) -> Self:
         if self.process is not None:
             raise RuntimeError("the model server is already started")
         started = time.monotonic()
@@ -220,7 +221,7 @@ class ModelServer:
         finally:
             self.process = None
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
