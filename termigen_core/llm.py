@@ -300,10 +300,14 @@ def extract_block(text: str) -> str:
 
 
 def parse_json(text: str) -> Any:
-    """Parse JSON from a reply that may wrap it in prose or a code fence."""
+    """Parse JSON from a reply that may wrap it in prose or a code fence.
+
+    Raw control characters inside strings (a multi-line value written literally) are
+    accepted: models do it, and grammar-constrained decoders allow it.
+    """
     candidate = extract_block(text).strip()
     try:
-        return json.loads(candidate)
+        return json.loads(candidate, strict=False)
     except json.JSONDecodeError:
         pass
     start = min((i for i in (candidate.find("{"), candidate.find("[")) if i >= 0), default=-1)
@@ -312,7 +316,7 @@ def parse_json(text: str) -> Any:
         end = candidate.rfind(closer)
         if end > start:
             try:
-                return json.loads(candidate[start : end + 1])
+                return json.loads(candidate[start : end + 1], strict=False)
             except json.JSONDecodeError as exc:
                 raise ParseError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     raise ParseError("no JSON object found in the reply")

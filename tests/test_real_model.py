@@ -1,7 +1,11 @@
 """Smoke tests against a real small model served on loopback (SmolLM2-135M by llama-cpp-python).
 
 Scripted replies and the loopback fake server test termigen's code paths; this module checks
-what a real OpenAI-compatible server does with the request shapes termigen sends: plain chat,
+what a real OpenAI-compatible server does with the request shapes termigen sends, and then runs
+termigen's pipeline end to end on it (the quickstart, and an imported task's trajectories with
+the agent on native tool calls), asserting robustness: every structured call schema-constrained
+and parseable, every item done or rejected with a reason, no traceback, an honest exit code.
+The request shapes: plain chat,
 grammar-constrained JSON (``response_format`` json_object + schema), OpenAI's newer
 ``json_schema`` form (which this server refuses: termigen must fall back), forced tool calls
 (which litellm only sends when the ``mcp`` package is installed) and a reply cut by max_tokens.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -27,8 +32,10 @@ import pytest
 from pydantic import BaseModel, Field
 from termigen_plugins.backends.litellm_backend import LiteLLMBackend, import_litellm
 
+from helpers import ROOT, read_jsonl, run_cli, write_yaml
+
 from termigen_core.errors import ParseError
-from termigen_core.llm import LLMRequest, json_model
+from termigen_core.llm import LLMRequest, json_model, parse_json
 
 try:  # tests/ as a package or as a plain folder on sys.path
     from tests.support.model_server import (
@@ -281,3 +288,125 @@ def test_litellm_tools_need_the_mcp_package(real_model_server: str, tmp_path: Pa
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"type": "builtins.ModuleNotFoundError", "message": "No module named 'mcp'"}
+
+
+# -- the pipeline end to end on the real model ---------------------------------------------------
+
+#: Robustness, not quality: small replies, one re-ask, small fan-out (the model is 135M parameters).
+PIPELINE_OVERRIDES = (
+    "-s", "llm.default.backend=litellm", "-s", f"llm.default.model={MODEL}",
+    "-s", "llm.backends.litellm.api_key=local", "-s", "llm.default.context_tokens=8192",
+    "-s", "llm.default.max_tokens=256", "-s", "llm.default.max_parse_retries=1", "-s", "llm.default.timeout_s=240",
+    "-s", "llm.default.max_retries=1", "-s", "run.budget_usd=null",
+)
+STRUCTURED_ROLES = ("seeder", "proposer", "evaluator", "planner", "test_generator", "judge", "critic")
+
+
+def ledger(run_dir: Path) -> list[sqlite3.Row]:
+    db = sqlite3.connect(run_dir / "run.db")
+    db.row_factory = sqlite3.Row
+    return db.execute("SELECT * FROM llm_calls ORDER BY id").fetchall()
+
+
+def outcomes(run_dir: Path) -> list[sqlite3.Row]:
+    db = sqlite3.connect(run_dir / "run.db")
+    db.row_factory = sqlite3.Row
+    return db.execute("SELECT * FROM stage_runs WHERE item_id != '__source__' ORDER BY stage_index").fetchall()
+
+
+def assert_honest_run(result, run_dir: Path) -> dict:
+    """No traceback; every item done or rejected with a reason; the exit code says what the summary says."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-4000:]
+    assert "LiteLLM" not in output  # litellm's logging stays in run.log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = outcomes(run_dir)
+    assert rows, "nothing ran"
+    for row in rows:
+        assert row["status"] in ("done", "rejected"), (row["item_id"], row["stage_name"], row["status"], row["reason"])
+        if row["status"] == "rejected":
+            assert row["reason"], (row["item_id"], row["stage_name"])
+    expected = 0 if summary["final_items"] else 5
+    assert (result.returncode, summary["exit_code"]) == (expected, expected), (result.returncode, summary["message"])
+    return summary
+
+
+def assert_structured_calls_parse(run_dir: Path) -> int:
+    """Every structured call was schema-constrained and its reply is JSON (whatever its content)."""
+    structured = [r for r in ledger(run_dir) if r["status"] == "ok" and r["role"] in STRUCTURED_ROLES]
+    for row in structured:
+        assert row["structured_mode"] == "schema", (row["role"], row["structured_mode"])
+        parse_json(row["response"])  # grammar-constrained: always parses (termigen's own JSON reading)
+    return len(structured)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_quickstart_runs_end_to_end_on_a_real_model(real_model_server, tmp_path):
+    """The user guide's self-hosted command on the quickstart pipeline, against SmolLM2."""
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "run", str(ROOT / "examples" / "quickstart.yaml"), "--out", str(run_dir), *PIPELINE_OVERRIDES,
+        "-s", f"llm.backends.litellm.api_base={real_model_server}",
+        "-s", "stages[0].with.options.per_category=2", "-s", "stages[1].with.max_rounds=1",
+        "-s", "stages[1].with.min_score=1",  # let the tiny model's specs through, to reach the later stages
+        "-s", "stages[7].with.agent_format=tool_calls", "-s", "stages[7].with.max_steps=3",
+        timeout=2400,
+    )
+    summary = assert_honest_run(result, run_dir)
+    assert assert_structured_calls_parse(run_dir) >= 3
+    notes = [r["notes"] for r in ledger(run_dir) if r["notes"]]
+    assert any("refused response_format json_schema" in n for n in notes)  # llama.cpp's refusal, handled once
+    reached = [s["stage"] for s in summary["stages"]]
+    assert reached[:3] == ["seeds", "propose", "synthesize"], reached
+    print(json.dumps([{k: s[k] for k in ("stage", "in", "done", "rejected", "failed")} for s in summary["stages"]]))
+    print(json.dumps([(f["stage"], f["reason"][:160]) for f in summary["failures"]], indent=1))
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_agent_acts_through_native_tool_calls_on_a_real_model(real_model_server, tmp_path):
+    """Imported task → build → trajectories: every agent action parses (forced tool calls), and an
+    episode is scored, or rejected with a reason, never counted as done without a command."""
+    from test_task_import import harbor_task
+
+    dockerfile = "FROM termigen/python:bookworm\nWORKDIR /app\nCOPY app.log /app/app.log\n"
+    harbor_task(tmp_path / "tasks", "count-errors", **{
+        "instruction.md": "Count the lines containing ERROR in /app/app.log and write the number to /app/count.txt.\n",
+        "environment/Dockerfile": dockerfile, "environment/app.log": "ERROR a\nINFO b\nERROR c\n",
+        "tests/test_outputs.py": "def test_count():\n    assert open('/app/count.txt').read().strip() == '2'\n",
+    })
+    (tmp_path / "tasks/count-errors/environment/rotate.py").unlink()
+    config = write_yaml(tmp_path / "pipeline.yaml", {
+        "version": 1,
+        "run": {"out": str(tmp_path / "run"), "seed": 3},
+        "llm": {"default": {"backend": "litellm", "model": MODEL}, "backends": {"litellm": {"api_base": real_model_server}}},
+        "executor": {"use": "docker", "with": {"memory_mb": 512, "cpus": 1}},
+        "stages": [
+            {"use": "import_tasks", "with": {"path": "tasks"}},
+            {"use": "build", "with": {"max_attempts": 1}},
+            {"use": "trajectories", "with": {"injection_rate": 0.3, "agent_format": "tool_calls", "max_steps": 3,
+                                             "max_regenerations": 1, "min_steps_before_finish": 0}},
+        ],
+        "exports": [{"use": "jsonl", "with": {"path": "export/items.jsonl"}}],
+    })
+    run_dir = tmp_path / "run"
+    result = run_cli("run", str(config), *PIPELINE_OVERRIDES[2:], timeout=1800)
+    try:
+        assert_honest_run(result, run_dir)
+        calls = [r for r in ledger(run_dir) if r["role"] == "agent" and r["status"] == "ok"]
+        assert calls and all(r["structured_mode"] == "tools" for r in calls)
+        assert all(r["role"] != "critic" or r["structured_mode"] == "schema" for r in ledger(run_dir) if r["status"] == "ok")
+        rows = read_jsonl(run_dir / "export" / "items.jsonl")
+        for row in rows:
+            trajectory = row["data"]["trajectory"]
+            assert trajectory["stats"]["transport"] == "native"
+            commands = [s for s in trajectory["steps"] if s["action"] == "bash"]
+            assert commands and all(s["exit_code"] is not None or s["timed_out"] for s in commands)
+        if not rows:  # the episode was rejected: with its reason
+            (reason,) = [r["reason"] for r in outcomes(run_dir) if r["stage_name"] == "trajectories"]
+            assert reason.startswith("no usable trajectory")
+    finally:
+        images = subprocess.run(["docker", "images", "-q", "termigen-task/count-errors"], capture_output=True, text=True).stdout.split()
+        if images:
+            subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)

@@ -113,7 +113,8 @@ def _action_from(name: Any, arguments: Any, thought: str) -> Action:
         raise ParseError(f"unknown tool {name!r}: use \"bash\" (run a command) or \"finish\" (task complete)")
     if isinstance(arguments, str):  # OpenAI sends arguments as a JSON string
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
+            # strict=False: models write raw newlines inside strings (a multi-line command)
+            arguments = json.loads(arguments, strict=False) if arguments.strip() else {}
         except json.JSONDecodeError as exc:
             raise ParseError(f"the arguments are not valid JSON: {exc.msg}") from exc
     if arguments is None:
