@@ -80,6 +80,11 @@ def test_structured_calls_ask_for_their_schema_and_every_call_is_priced(claude_r
         assert (role, "schema") in modes, f"{role} did not ask for its schema: {sorted(modes)}"
     assert all(cost is not None and cost > 0 for _, _, cost, _ in rows)  # claude-sonnet-4-5 has a price
     assert all("sk-ant-test-dummy" not in request for *_, request in rows)
+    report = (run_dir / "report.md").read_text()
+    assert "## LLM use" in report and "| propose | proposer | anthropic/claude-sonnet-4-5 |" in report
+    proposer = next(line for line in report.splitlines() if line.startswith("| propose | proposer |"))
+    assert proposer.rstrip(" |").endswith("schema")  # the structured-output mode, per stage and role
+    assert "sk-ant-test-dummy" not in report + (run_dir / "config.yaml").read_text() + (run_dir / "run.log").read_text()
 
 
 def test_agent_and_critic_turns_mark_their_prefix_for_the_prompt_cache(claude_run):
