@@ -97,8 +97,7 @@ def run(ctx: click.Context, config_file: Path, overrides: tuple[str, ...], out_d
 
     host = _host(ctx)
     pipeline = _load(host, config_file, overrides)
-    run_dir = (out_dir or Path(pipeline.config.run.out)).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _make_run_dir((out_dir or Path(pipeline.config.run.out)).expanduser().resolve())
     use_progress = sys.stderr.isatty() if progress is None else progress
     reporter = make_reporter(live=use_progress, run_dir=run_dir)
     host.pm.register(reporter, name="termigen.progress")
@@ -115,6 +114,18 @@ def run(ctx: click.Context, config_file: Path, overrides: tuple[str, ...], out_d
     # 0 completed, 1 failed or stopped by an infrastructure error (4: the container engine),
     # 3 budget spent, 5 completed with no final item or too many failed items, 130 interrupted
     ctx.exit(summary.exit_code)
+
+
+def _make_run_dir(run_dir: Path) -> Path:
+    """Create the run directory, or say why not (a file in the way, /proc, no permission) without a traceback."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".termigen-write-test-{os.getpid()}"  # an existing /proc or /sys folder takes no files
+        probe.touch()
+        probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise TermigenError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+    return run_dir
 
 
 def _load(host: PluginHost, config_file: Path, overrides: tuple[str, ...] | list[str]) -> Any:

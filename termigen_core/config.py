@@ -158,8 +158,70 @@ class ResolvedPipeline:
 # --- loading ------------------------------------------------------------------
 
 
+class RefusedYAML(yaml.MarkedYAMLError):
+    """Well-formed YAML that termigen refuses (duplicate key, alias); its message is final."""
+
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping.
+
+    Plain YAML keeps the last value silently, so a second ``stages:`` block
+    would quietly replace the first; a user file should say so instead.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # complex keys are rare and unhashable ones fail in SafeLoader anyway
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                lines = f"twice on line {line}" if first_line[key] == line else f"lines {first_line[key]} and {line}"
+                raise RefusedYAML(f"duplicate key {key!r} ({lines})", key_node.start_mark)
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class PipelineLoader(UniqueKeyLoader):
+    """The loader of config files: unique keys, and no aliases at all.
+
+    A config is data, and aliases are what make a 1 KB "billion laughs" file
+    expand to gigabytes; refusing them when they are met (not after
+    expansion) keeps ``config check`` instant on such a file.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise RefusedYAML(
+                f"YAML aliases (*{event.anchor}, line {event.start_mark.line + 1}) are not allowed in pipeline files: "
+                "a config is data, write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def _looks_like_toml(text: str) -> bool:
+    """True when ``text`` parses as a non-empty TOML table: the likely cause of a .yaml file that fails."""
+    try:
+        return bool(tomllib.loads(text))
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def _toml_hint(path: Path, text: str) -> str:
+    """A suffix for YAML errors when the file holds TOML: the suffix, not the content, picks the reader."""
+    if not _looks_like_toml(text):
+        return ""
+    return f"; it looks like TOML, and only files ending in .toml are read as TOML: rename it to {path.with_suffix('.toml').name}"
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a YAML or TOML file into a mapping (no object construction: safe_load only)."""
+    """Parse a YAML or TOML file into a mapping (no object construction, no aliases, no duplicate keys)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -170,18 +232,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".toml":
             data: Any = tomllib.loads(text)
         else:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=PipelineLoader)  # noqa: S506 - a SafeLoader subclass
+    except RefusedYAML as exc:
+        raise ConfigError([ConfigIssue("", str(exc.problem))], source=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigIssue("", f"not valid YAML{where}: {problem}")], source=str(path)) from None
+        raise ConfigError([ConfigIssue("", f"not valid YAML{where}: {problem}{_toml_hint(path, text)}")], source=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigIssue("", f"not valid TOML: {exc}")], source=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue("", f"the top level must be a mapping, not {type(data).__name__}")], source=str(path))
+        kind = type(data).__name__
+        hint = _toml_hint(path, text)  # TOML read as YAML is one long string
+        what = f"not a YAML mapping (the text reads as one {kind})" if hint else f"the top level must be a mapping, not {kind}"
+        raise ConfigError([ConfigIssue("", what + hint)], source=str(path))
     return data
 
 

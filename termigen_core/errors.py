@@ -97,3 +97,14 @@ class Reject(Exception):
 
 class ParseError(Exception):
     """Model output did not parse into the expected structure (retried with the error)."""
+
+
+class Cancelled(TermigenError):
+    """The run is stopping (Ctrl-C, the budget, an infrastructure stop): no new paid model call starts.
+
+    Raised by the LLM router instead of sending a request; answers already in the
+    store still replay. The runner leaves the step pending, so a resume redoes it,
+    replaying every call answered before the stop.
+    """
+
+    exit_code = 130

@@ -21,14 +21,17 @@ fallback for models and providers that constrain nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
+import logging
 import random
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .components import instantiate
-from .errors import BudgetExceeded, InfrastructureError, ParseError, Reject
+from .errors import BudgetExceeded, Cancelled, InfrastructureError, ParseError, Reject
 
 if TYPE_CHECKING:
     from .components import LLMBackend
@@ -77,8 +80,8 @@ class RoleSettings(BaseModel):
     model: str = "scripted"
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, gt=0)
-    timeout_s: float = Field(default=600.0, gt=0)
-    max_retries: int = Field(default=6, ge=0, le=50)
+    timeout_s: float = Field(default=180.0, gt=0, description="per request; a hung server costs at most timeout_s x (max_retries + 1) plus backoff")
+    max_retries: int = Field(default=4, ge=0, le=50)
     retry_base_s: float = Field(default=1.0, ge=0)
     retry_max_s: float = Field(default=60.0, ge=0)
     max_parse_retries: int = Field(default=2, ge=0, le=10)
@@ -405,6 +408,49 @@ class CallScope:
             return n
 
 
+class SlowCallNotices:
+    """Says which model calls have been waiting long, so a hung server is never silent.
+
+    One daemon thread for the whole router (not a timer per call): every
+    ``every_s`` it logs each call in flight for longer than that.
+    """
+
+    def __init__(self, every_s: float = 60.0, notify: Callable[[str], None] | None = None) -> None:
+        self.every_s = every_s
+        self._notify = notify or logging.getLogger("termigen").warning
+        self._inflight: dict[int, tuple[str, float, float]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ids = itertools.count()
+
+    @contextlib.contextmanager
+    def track(self, description: str, timeout_s: float) -> Iterator[None]:
+        key = next(self._ids)
+        with self._lock:
+            self._inflight[key] = (description, time.monotonic(), timeout_s)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="termigen-slow-calls", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+
+    def _watch(self) -> None:
+        told: dict[int, float] = {}
+        while True:
+            time.sleep(min(5.0, self.every_s))
+            now = time.monotonic()
+            with self._lock:
+                waiting = [(k, d, now - started, t) for k, (d, started, t) in self._inflight.items()]
+                told = {k: v for k, v in told.items() if k in self._inflight}
+            for key, description, elapsed, timeout in waiting:
+                if elapsed >= self.every_s and now - told.get(key, 0.0) >= self.every_s:
+                    told[key] = now
+                    self._notify(f"still waiting for {description}: {elapsed:.0f}s so far (gives up at {timeout:.0f}s)")
+
+
 class LLMRouter:
     """Per-run owner of backends, the budget, the call cache and accounting."""
 
@@ -422,8 +468,11 @@ class LLMRouter:
         sleep: Callable[[float], None] = time.sleep,
         base_dir: Path | None = None,
         backend_options: dict[str, dict[str, Any]] | None = None,
+        cancelled: threading.Event | None = None,
     ) -> None:
         self.default = default
+        #: Once set (Ctrl-C, budget, an infrastructure stop), no new paid request is sent.
+        self.cancelled = cancelled
         self.roles = roles
         self._backend_classes = backends
         #: ``llm.backends.<name>``: options of each backend, under what a role sets itself.
@@ -431,6 +480,7 @@ class LLMRouter:
         self.store = store
         self.budget_usd = budget_usd
         self._semaphore = threading.BoundedSemaphore(max_concurrent_calls)
+        self._slow_calls = SlowCallNotices()
         self._on_call = on_call
         self._user_cache = user_cache
         self._sleep = sleep
@@ -570,6 +620,7 @@ class LLMRouter:
                 self._emit(role, scope, settings, shared, cached=True)
                 return shared
 
+        self._check_cancelled()
         self._check_budget()
         backend = self.backend_for(settings)
         response = self._call_with_retries(backend, request, settings, scope, cache_key, occurrence)
@@ -587,6 +638,10 @@ class LLMRouter:
     def _count(self, how: str) -> None:
         with self._lock:
             self.stats[how] += 1
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise Cancelled("the run is stopping: no new model call is sent (answered calls are saved and replay on resume)")
 
     def _check_budget(self) -> None:
         if self.budget_usd is None:
@@ -614,7 +669,9 @@ class LLMRouter:
         while True:
             started = time.monotonic()
             try:
-                with self._semaphore:
+                waiting = f"{request.role} ({settings.backend}/{settings.model}, attempt {attempt + 1} of {settings.max_retries + 1})"
+                with self._semaphore, self._slow_calls.track(waiting, request.timeout_s):
+                    self._check_cancelled()  # the stop may have come while waiting for a slot or a retry
                     response = backend.complete(request)
                 response.latency_s = response.latency_s or (time.monotonic() - started)
                 return response

@@ -40,9 +40,6 @@ def verification_command(workdir: str = "/app") -> str:
     return f"cd {shlex.quote(workdir)} && {PYTEST_COMMAND}"
 
 
-#: The verification command for the default working directory.
-TEST_COMMAND = verification_command()
-
 
 class BuildInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")

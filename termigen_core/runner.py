@@ -53,6 +53,7 @@ from .config import ResolvedPipeline
 from .context import ExportContext, ImagePolicy, RunServices, StageContext
 from .errors import (
     BudgetExceeded,
+    Cancelled,
     ExecutorUnavailable,
     InfrastructureError,
     MissingSecret,
@@ -64,7 +65,8 @@ from .errors import (
 from .items import Item
 from .llm import CallScope, LLMRouter, merge_role_settings, role_backend_options
 from .plugins import PluginHost
-from .sandbox import SandboxSpec
+from .runlock import RunLock
+from .sandbox import LABEL_RUN, SandboxSpec
 from .store import FAILURE_INFRASTRUCTURE, FAILURE_TASK, SOURCE_ITEM, RunStore
 
 log = logging.getLogger("termigen")
@@ -185,17 +187,20 @@ class Runner:
     # -- the run ---------------------------------------------------------------
 
     def run(self) -> RunSummary:
-        self._check_environment()
-        store, run_id = self._open_store()
-        invocation = store.start_invocation(self.argv)
-        status = STATUS_FAILED
-        try:
-            summary = self._run(store, run_id)
-            status = summary.status
-            return summary
-        finally:
-            store.finish_invocation(invocation, status)
-            store.close()
+        # first: a second run on this directory is refused before it touches anything
+        # (the kernel drops the lock when this process ends, kill -9 included)
+        with RunLock(self.run_dir):
+            self._check_environment()
+            store, run_id = self._open_store()
+            invocation = store.start_invocation(self.argv)
+            status = STATUS_FAILED
+            try:
+                summary = self._run(store, run_id)
+                status = summary.status
+                return summary
+            finally:
+                store.finish_invocation(invocation, status)
+                store.close()
 
     def _run(self, store: RunStore, run_id: str) -> RunSummary:
         cfg = self.cfg
@@ -217,6 +222,7 @@ class Runner:
             on_call=lambda record: self._call_hook("termigen_llm_call", run_id=run_id, record=record),
             user_cache=user_cache,
             base_dir=self.pipeline.config_dir,
+            cancelled=self.cancelled,  # after Ctrl-C no new paid call starts
         )
         executor_options = self.pipeline.executor[1]
         services = RunServices(
@@ -240,6 +246,7 @@ class Runner:
         stages: list[Stage] = [instantiate(cls, opts, self.pipeline.config_dir) for cls, opts in self.pipeline.stages]  # type: ignore[misc]
         if any(stage.uses_executor for stage in stages):
             services.executor.check()
+            self._reap_containers(services.executor, run_id)
 
         self._call_hook("termigen_run_start", run_id=run_id, run_dir=str(self.run_dir), config=self.pipeline.redacted())
         final: list[Item] = []
@@ -250,6 +257,8 @@ class Runner:
             final = self._flow(stages, services)
         except KeyboardInterrupt:
             self.cancel("interrupted")
+        except Cancelled:  # from a source stage: the stop reason is already set
+            pass
         except BudgetExceeded as exc:  # from a source stage
             self.cancel("budget", str(exc))
         except InfrastructureError as exc:  # from a source stage
@@ -286,6 +295,21 @@ class Runner:
 
     _stop_message = ""
     _stop_error: BaseException | None = None
+
+    def _reap_containers(self, executor: Any, run_id: str) -> None:
+        """Remove this run's containers an earlier, killed invocation left behind.
+
+        Safe because this process holds the run lock: no other live process of this
+        run exists, so every container labelled with the run id is an orphan.
+        """
+        try:
+            removed = executor.prune({LABEL_RUN: run_id})
+        except Exception as exc:  # noqa: BLE001 - leftovers cost resources, not results
+            log.warning("could not remove containers left behind by an earlier run of %s: %s; "
+                        "`termigen sandbox prune --run %s` removes them", run_id, _reason(exc), run_id)
+            return
+        if removed:
+            log.info("removed %d container(s) left behind by an earlier, interrupted invocation of run %s", removed, run_id)
 
     def cancel(self, reason: str, message: str = "") -> None:
         """Stop starting new steps (steps in flight finish and are recorded)."""
@@ -370,7 +394,7 @@ class Runner:
         ctx = self._context(services, 0, SOURCE_ITEM)
         try:
             items = _checked_outputs(stage.produce(ctx), stage.name)
-        except BudgetExceeded:
+        except (BudgetExceeded, Cancelled):
             if rerun:  # keep what the stage had done; its failed parts stay failed for the next resume
                 store.finish_stage(SOURCE_ITEM, 0, "done", outputs=store.outputs_of(row))  # type: ignore[arg-type]
             else:
@@ -418,6 +442,11 @@ class Runner:
             store.reset_stage(item.id, index)
             self.cancel("budget", str(exc))
             return []
+        except Cancelled:
+            # the run is stopping and the router refused a new paid call: redo the step on
+            # resume (its answered calls are in the store and replay for free)
+            store.reset_stage(item.id, index)
+            return []
         except Exception as exc:  # noqa: BLE001 - one item's failure never stops the others
             if self._interrupted():
                 store.reset_stage(item.id, index)
@@ -448,12 +477,24 @@ class Runner:
             started = time.monotonic()
             try:
                 result = {"exporter": ref.use, **exporter.export(items, ctx)}
+            except (TermigenError, OSError) as exc:  # a path the user can fix (a file where a folder goes...)
+                log.error("exporter %s failed: %s", ref.use, _reason(exc))
+                result = {"exporter": ref.use, "error": _reason(exc)}
             except Exception as exc:  # noqa: BLE001 - the items stay in the store; re-run to export again
-                log.error("exporter %s failed:\n%s", ref.use, traceback.format_exc())
+                log.error("exporter %s failed: %s (traceback in run.log)", ref.use, _reason(exc))
+                self._traceback_to_run_log(f"exporter {ref.use} failed:\n{traceback.format_exc()}")
                 result = {"exporter": ref.use, "error": _reason(exc)}
             result["seconds"] = round(time.monotonic() - started, 3)
             results.append(result)
         return results
+
+    @staticmethod
+    def _traceback_to_run_log(text: str) -> None:
+        """A plugin bug's traceback is for its author: run.log keeps it, the console gets one line."""
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (text.rstrip(),), None)
+        for handler in log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
 
     def _summarise(self, store: RunStore, router: LLMRouter, run_id: str, status: str, final: int, exports: list[dict[str, Any]], message: str) -> RunSummary:
         usage = store.llm_usage_by_stage()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,9 +15,12 @@ PACKAGE = ROOT / "examples" / "termigen-example-plugin"
 
 
 @pytest.fixture(scope="module")
-def installed_example():
+def installed_example(tmp_path_factory):
+    # installed from a copy: setuptools leaves build/ and *.egg-info next to the sources it builds
+    source = tmp_path_factory.mktemp("example") / PACKAGE.name
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    result = subprocess.run([*pip, "install", "--no-deps", str(PACKAGE)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*pip, "install", "--no-deps", str(source)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     try:
         yield

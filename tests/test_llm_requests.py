@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,28 @@ def test_a_budget_with_an_unpriced_model_is_refused_before_any_work(tmp_path: Pa
     assert priced.returncode == 0, priced.stdout + priced.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["llm"]["cost_usd"] > 0 and summary["llm"]["unpriced_calls"] == 0
+
+
+# --- a hung server is never silent -------------------------------------------------------------
+
+
+def test_a_slow_call_says_it_is_still_waiting(api: OpenAIServer, store: RunStore) -> None:
+    from termigen_core.llm import SlowCallNotices
+    from tests.support.openai_server import slow
+
+    notices: list[str] = []
+    llm = router(store, api)
+    llm._slow_calls = SlowCallNotices(every_s=0.2, notify=notices.append)
+    api.enqueue(slow(1.0, "late answer"))
+    assert llm.client("critic", CallScope("i@1", "s")).chat("hello").text == "late answer"
+    assert notices and notices[0].startswith("still waiting for critic (litellm/openai/local-model, attempt 1 of 3)")
+    assert "gives up at 180s" in notices[0]
+    count = len(notices)
+    time.sleep(0.5)
+    assert len(notices) == count  # nothing is said of a call that has finished
+
+
+def test_the_default_wait_for_a_hung_server_is_bounded() -> None:
+    settings = RoleSettings()
+    worst = settings.timeout_s * (settings.max_retries + 1) + settings.retry_max_s * settings.max_retries
+    assert worst <= 20 * 60

@@ -171,6 +171,35 @@ def test_every_plugin_package_is_in_pyproject():
     assert on_disk <= listed, on_disk - listed
 
 
+@pytest.mark.slow
+def test_a_clean_install_is_silent_and_ships_the_data_files(tmp_path):
+    """Building the wheel prints no setuptools warning, and prompts and templates are in it."""
+    import zipfile
+
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"  # setuptools writes build/ next to the sources: not in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    for package in ("termigen_core", "plugins"):
+        shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = [line for line in (result.stdout + result.stderr).splitlines()
+             if line.strip() and not line.startswith("WARNING: Location")]  # the machine's pip index config, not ours
+    assert noise == [], noise[:20]
+    (wheel,) = tmp_path.glob("termigen-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "termigen_plugins/agent/prompts/critic_system.txt" in names
+    assert "termigen_plugins/stages/prompts/proposer.txt" in names
+    assert "termigen_plugins/exporters/templates/harbor/test.sh.j2" in names
+
+
 def test_info_shows_user_locations(termigen_home):
     result = run_cli("info", "--json")
     assert result.returncode == 0, result.stderr

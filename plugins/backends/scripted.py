@@ -161,8 +161,10 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int | None, Any]]:
 def _read_yaml(path: Path, text: str) -> list[tuple[int | None, Any]]:
     import yaml
 
+    from termigen_core.config import UniqueKeyLoader  # a user file: a repeated key is a mistake, not "last wins"
+
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         root = yaml.compose(text, Loader=yaml.SafeLoader)  # only for line numbers
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -17,6 +17,8 @@ from pydantic import Field
 from termigen_core import hookimpl
 from termigen_core.components import ComponentConfig, Exporter
 
+from .taskfiles import check_target
+
 if TYPE_CHECKING:
     from termigen_core.context import ExportContext
     from termigen_core.items import Item
@@ -40,6 +42,7 @@ class JsonlExporter(Exporter):
         wanted = set(self.config.kinds)
         selected = [item for item in items if not wanted or item.kind in wanted]
         path = ctx.output_path(self.config.path)
+        check_target(path, folder=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         # a plain open (not mkstemp) so the file gets the usual umask permissions
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

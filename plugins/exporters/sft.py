@@ -43,6 +43,7 @@ from termigen_core.components import ComponentConfig, Exporter
 from termigen_core.records import TrajectoryRecord
 
 from . import sft_format as fmt
+from .taskfiles import check_target
 
 if TYPE_CHECKING:
     from termigen_core.context import ExportContext
@@ -63,6 +64,7 @@ class MessagesConfig(SFTConfig):
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
+    check_target(path, folder=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

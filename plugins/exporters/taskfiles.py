@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from termigen_core.components import ComponentConfig, Exporter
+from termigen_core.errors import TermigenError
 from termigen_core.records import PYTEST_COMMAND, TESTS_DIR, TaskRecord
 from termigen_core.safepaths import UnsafePath, check_tree
 
@@ -318,6 +319,21 @@ def toml_dumps(data: dict[str, Any], _prefix: str = "") -> str:
 # --- writing ----------------------------------------------------------------------------
 
 
+def check_target(path: Path, *, folder: bool) -> None:
+    """Refuse an export path that cannot hold what is written there, before anything is written.
+
+    Otherwise the user sees a bare ``FileExistsError`` or an ``IsADirectoryError``
+    naming a temporary file; this names the configured path and what is in the way.
+    """
+    if folder and path.exists() and not path.is_dir():
+        raise TermigenError(f"cannot write to {path}: it is a file, and the task folders need a folder there")
+    if not folder and path.is_dir():
+        raise TermigenError(f"cannot write to {path}: it is a directory, and this exporter writes a file there")
+    existing = next((parent for parent in path.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise TermigenError(f"cannot write to {path}: {existing} is a file, not a folder")
+
+
 def write_file(path: Path, text: str, *, executable: bool = False) -> None:
     """Write one harness file (names chosen here, never by a model)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,6 +393,7 @@ class TaskFolderExporter(Exporter):
         for record in records:  # all of them first: a hostile record writes nothing at all
             check_record(record)
         root = ctx.output_path(self.config.path)
+        check_target(root, folder=True)
         root.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(root)
         written: list[str] = []

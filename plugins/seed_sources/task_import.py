@@ -359,7 +359,7 @@ def to_record(task_id: str, folder: Path, fmt: str, *, group: str, trust: bool, 
 
     The test runner script (Harbor ``tests/test.sh``, TB1 ``run-tests.sh``) is
     kept in ``spec.imported.test_runner``, not in ``tests``: the record's tests
-    are the pytest files the pipeline runs itself with ``TEST_COMMAND``, and the
+    are the pytest files the pipeline runs itself with :func:`termigen_core.records.verification_command`, and the
     exporters write their own runner.
     """
     parts = harbor_parts(folder, limits) if fmt == "harbor" else tb1_parts(folder, limits)
