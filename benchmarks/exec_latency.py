@@ -79,11 +79,11 @@ def main() -> int:
             row: dict[str, float] = {}
             result = box.run(command, timeout_s=60)
             assert result.ok and (label != "1 MB" or len(result.output) == 1_000_000), result.output[:200]
-            row["session"] = statistics.median(measure(lambda: box.run(command, timeout_s=60), n))
+            row["session"] = statistics.median(measure(lambda command=command: box.run(command, timeout_s=60), n))
             if cli_prefix:
                 row[cli_label] = statistics.median(measure(
-                    lambda: subprocess.run([*cli_prefix, "exec", box.id, *argv], capture_output=True, check=True), n_slow))
-            row["SDK exec_run"] = statistics.median(measure(lambda: container.exec_run(argv), n_slow))
+                    lambda argv=argv: subprocess.run([*cli_prefix, "exec", box.id, *argv], capture_output=True, check=True), n_slow))
+            row["SDK exec_run"] = statistics.median(measure(lambda argv=argv: container.exec_run(argv), n_slow))
             rows[label] = row
 
     methods = ["session", cli_label, "SDK exec_run"]

@@ -256,10 +256,9 @@ def run_manual(litellm: Any, episode: Episode, caching: bool) -> Result:
 
 
 def run_router(episode: Episode, prompt_caching: str, workdir: Path) -> Result:
-    from termigen_plugins.backends.litellm_backend import LiteLLMBackend
-
     from termigen_core.llm import CallScope, LLMRouter, RoleSettings
     from termigen_core.store import RunStore
+    from termigen_plugins.backends.litellm_backend import LiteLLMBackend
     from tests.support.anthropic_server import AnthropicServer
 
     result = Result(f'router, prompt_caching="{prompt_caching}"')

@@ -13,6 +13,9 @@ if [ "${TERMIGEN_SKIP_REAL_MODEL:-0}" != 1 ]; then
   export TERMIGEN_TEST_MODEL_GGUF
   export TERMIGEN_REQUIRE_REAL_MODEL=1
 fi
+# The linter (configured in pyproject.toml) first: a lint error fails the tests too.
+echo "== ruff check"
+.venv/bin/ruff check --quiet .
 set +e
 .venv/bin/python -m pytest "$@"
 code=$?

@@ -23,7 +23,6 @@ from .sandbox import LABEL_ITEM, LABEL_MANAGED, LABEL_RUN, CommandResult, Sandbo
 
 if TYPE_CHECKING:
     from .components import Executor
-    from .items import Item
     from .llm import CallScope, LLMClient, LLMRouter
     from .plugins import ComponentRegistry
     from .store import RunStore

@@ -19,7 +19,6 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterable
 
 import pluggy

@@ -348,6 +348,8 @@ def test_server_checks_the_key(litellm: Any) -> None:
 
 def test_scripted_responder_answers_the_quickstart_seeder(server: AnthropicServer, tmp_path: Path) -> None:
     """The quickstart's first stage, through termigen's router and litellm backend, answered from its script."""
+    from termigen_core.llm import CallScope, LLMRouter, RoleSettings
+    from termigen_core.store import RunStore
     from termigen_plugins.backends.litellm_backend import LiteLLMBackend
     from termigen_plugins.taxonomy_builtin import (
         DEFAULT_PROMPT,
@@ -355,9 +357,6 @@ def test_scripted_responder_answers_the_quickstart_seeder(server: AnthropicServe
         parse_seeds,
         render_prompt,
     )
-
-    from termigen_core.llm import CallScope, LLMRouter, RoleSettings
-    from termigen_core.store import RunStore
 
     script = REPO / "examples" / "quickstart.script.yaml"
     server.set_responder(srv.scripted_responder(script))

@@ -17,9 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from termigen_plugins.backends import litellm_backend, scripted
-from termigen_plugins.backends.litellm_backend import LiteLLMBackend
-from termigen_plugins.backends.scripted import ScriptedBackend, ScriptError
 
 from termigen_core.components import instantiate
 from termigen_core.errors import BudgetExceeded
@@ -33,6 +30,9 @@ from termigen_core.llm import (
     parse_json,
 )
 from termigen_core.store import RunStore
+from termigen_plugins.backends import litellm_backend, scripted
+from termigen_plugins.backends.litellm_backend import LiteLLMBackend
+from termigen_plugins.backends.scripted import ScriptedBackend, ScriptError
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
     from tests.support.openai_server import (

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import SecretStr
 
+from helpers import TEST_PLUGIN, run_cli, write_yaml
 from termigen_core.config import apply_override, load_pipeline, load_user_defaults
 from termigen_core.errors import ConfigError
 from termigen_core.plugins import build_plugin_host
-
-from helpers import TEST_PLUGIN, run_cli, write_yaml
 
 
 @pytest.fixture(scope="module")

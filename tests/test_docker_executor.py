@@ -13,8 +13,8 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -193,7 +193,7 @@ def test_marker_scanner_flushes_a_held_back_tail_when_the_stream_ends() -> None:
     scanner = MarkerScanner(b"\x1eNONCE:1:", sink)
     scanner.feed(b"partial\x1eNON")
     scanner.flush()
-    assert not scanner.done and sink.text() == "partial\x1eNON"
+    assert not scanner.done and sink.text() == "partial\\x1eNON"  # the control byte is shown escaped
 
 
 def test_capped_output_keeps_head_and_tail_and_counts_the_rest() -> None:

@@ -31,6 +31,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
 from helpers import ROOT, run_cli
 
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -359,7 +359,7 @@ def test_endless_flood_is_capped_and_stopped(box: Any) -> None:
 
 def test_undecodable_and_binary_output_is_safe(box: Any) -> None:
     result = box.run(r"printf 'a\377\376b\0c'; head -c 4096 /dev/urandom >/dev/null", timeout_s=30)
-    assert result.ok and result.output.startswith("a") and result.output.endswith("b\x00c")
+    assert result.ok and result.output.startswith("a") and result.output.endswith("b\\x00c")  # a NUL is shown escaped
     assert "\ufffd" in result.output
     noisy = box.run("head -c 200000 /dev/urandom; echo; echo tail-ok", timeout_s=30)
     assert noisy.ok and noisy.output.endswith("tail-ok\n")

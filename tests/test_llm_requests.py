@@ -13,13 +13,6 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from termigen_plugins.agent.agent import AgentSettings, BashAgent
-from termigen_plugins.agent.formats import TOOLS, get_format
-from termigen_plugins.backends.litellm_backend import (
-    LiteLLMBackend,
-    with_cache_breakpoints,
-)
-from termigen_plugins.backends.scripted import ScriptedBackend
 
 from termigen_core.llm import (
     PARSE_RETRY_PREFIX,
@@ -33,6 +26,13 @@ from termigen_core.llm import (
 )
 from termigen_core.records import Step
 from termigen_core.store import RunStore
+from termigen_plugins.agent.agent import AgentSettings, BashAgent
+from termigen_plugins.agent.formats import TOOLS, get_format
+from termigen_plugins.backends.litellm_backend import (
+    LiteLLMBackend,
+    with_cache_breakpoints,
+)
+from termigen_plugins.backends.scripted import ScriptedBackend
 from tests.support.openai_server import (
     Behaviour,
     OpenAIServer,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TEST_PLUGIN, run_cli
 from termigen_core.errors import PluginError
 from termigen_core.plugins import BUILTIN_PLUGINS, build_plugin_host
-from helpers import TEST_PLUGIN, run_cli
 
 
 def plugins_json(*args: str, env: dict[str, str] | None = None) -> dict:
@@ -129,7 +129,7 @@ def test_two_components_with_one_name_name_both_plugins(tmp_path):
             return [Propose]
     '''))
     with pytest.raises(PluginError) as info:
-        build_plugin_host(cli_plugins=[str(dup)], entrypoints=False, environ={}).registry
+        _ = build_plugin_host(cli_plugins=[str(dup)], entrypoints=False, environ={}).registry
     message = str(info.value)
     assert "two stages are named 'propose'" in message
     assert "'stages.propose'" in message and "'dup_stage'" in message
@@ -174,9 +174,8 @@ def test_every_plugin_package_is_in_pyproject():
 @pytest.mark.slow
 def test_a_clean_install_is_silent_and_ships_the_data_files(tmp_path):
     """Building the wheel prints no setuptools warning, and prompts and templates are in it."""
-    import zipfile
-
     import shutil
+    import zipfile
 
     root = Path(__file__).resolve().parent.parent
     source = tmp_path / "source"  # setuptools writes build/ next to the sources: not in the checkout

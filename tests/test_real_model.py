@@ -30,31 +30,19 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field
-from termigen_plugins.backends.litellm_backend import LiteLLMBackend, import_litellm
 
 from helpers import ROOT, read_jsonl, run_cli, write_yaml
-
 from termigen_core.errors import ParseError
 from termigen_core.llm import LLMRequest, json_model, parse_json
-
-try:  # tests/ as a package or as a plain folder on sys.path
-    from tests.support.model_server import (
-        REQUIRE_ENV,
-        ModelInstall,
-        ModelNotInstalled,
-        ModelServer,
-        ModelServerError,
-        find_model,
-    )
-except ImportError:
-    from support.model_server import (  # type: ignore[no-redef]
-        REQUIRE_ENV,
-        ModelInstall,
-        ModelNotInstalled,
-        ModelServer,
-        ModelServerError,
-        find_model,
-    )
+from termigen_plugins.backends.litellm_backend import LiteLLMBackend, import_litellm
+from tests.support.model_server import (
+    REQUIRE_ENV,
+    ModelInstall,
+    ModelNotInstalled,
+    ModelServer,
+    ModelServerError,
+    find_model,
+)
 
 pytestmark = pytest.mark.slow
 

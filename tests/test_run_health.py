@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from helpers import FIXTURES, ROOT, TEST_PLUGIN, run_cli, write_yaml
 from support.openai_server import OpenAIServer, completion, http_error, server_error
 
+from helpers import FIXTURES, ROOT, TEST_PLUGIN, run_cli, write_yaml
 from termigen_core.errors import InfrastructureError, ParseError
 from termigen_core.runner import classify_failure
 from termigen_core.store import RunStore

@@ -17,8 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import TEST_PLUGIN, run_cli, write_yaml
 from support.openai_server import OpenAIServer, slow
+
+from helpers import TEST_PLUGIN, run_cli, write_yaml
 
 LABEL_RUN = "io.termigen.run"
 

@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from support.openai_server import OpenAIServer, completion
 
 from helpers import ROOT, TEST_PLUGIN, read_jsonl, run_cli, write_yaml
-from support.openai_server import OpenAIServer, completion
 
 
 def pipeline(tmp_path: Path, *, n: int = 5, ask: dict | None = None, llm: dict | None = None, run: dict | None = None, **extra) -> Path:

@@ -203,9 +203,9 @@ def test_taxonomy_seed_source_custom_prompt_template(tmp_path):
 
 
 def test_taxonomy_seed_source_config_is_strict():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         TaxonomySeedSource.Config(per_category=0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         TaxonomySeedSource.Config(per_categroy=3)
     # builtin ids are known without any file: a typo fails when the config is validated
     with pytest.raises(ValidationError, match=r"'sofware_build' \(did you mean 'software_build'\?\)"):

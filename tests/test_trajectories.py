@@ -21,15 +21,13 @@ import pytest
 import yaml
 
 from helpers import FIXTURES, read_jsonl, run_cli, write_yaml
-
+from termigen_core.components import LLMBackend
 from termigen_core.errors import ParseError
 from termigen_core.items import Item
-from termigen_core.components import LLMBackend
 from termigen_core.llm import PARSE_RETRY_PREFIX, CallScope, LLMClient, LLMRequest, LLMResponse, LLMRouter, RoleSettings
 from termigen_core.records import Step, TrajectoryRecord
 from termigen_core.sandbox import CommandResult
 from termigen_core.store import RunStore
-
 from termigen_plugins.agent.agent import AgentSettings, BashAgent, cap_output
 from termigen_plugins.agent.collect import Collector, CollectSettings, ModeSpec
 from termigen_plugins.agent.formats import TOOLS, Action, HermesFormat, ToolCallsFormat, get_format, observation_text
@@ -206,9 +204,8 @@ def test_leak_scanner_catches_quoted_private_text_and_custom_patterns():
 
 
 def test_leaks_verifier_reports_leaking_steps():
-    from termigen_plugins.verifiers.leaks import LeaksVerifier
-
     from termigen_core.plugins import build_plugin_host
+    from termigen_plugins.verifiers.leaks import LeaksVerifier
 
     registry = build_plugin_host(entrypoints=False).registry
     steps = [

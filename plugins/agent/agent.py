@@ -201,11 +201,14 @@ class BashAgent:
             return self.propose(self.messages(instruction, steps, system_extra=system_extra, final_note=final_note))
 
     def execute(self, box: Sandbox, command: str) -> Outcome:
-        """Run one command in the episode's sandbox, with the per-command timeout."""
+        """Run one command in the episode's sandbox, with the per-command timeout.
+
+        The output is taken as the sandbox gives it: it is already terminal text
+        (control bytes escaped or summarised) and already ends with the sandbox's
+        own note when the shell had to be restarted, so nothing is added here.
+        """
         result = box.run(command, timeout_s=self.settings.command_timeout_s)
         output = cap_output(result.output, self.settings.max_output_chars)
-        if getattr(result, "shell_restarted", False):
-            output += "\n[the shell was restarted: working directory and variables were reset]"
         return Outcome(output, result.exit_code, result.timed_out, round(result.duration_s, 3))
 
     def run(self, box: Sandbox, instruction: str) -> list[Step]:

@@ -33,11 +33,11 @@ from string import Template
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
-from termigen_plugins.verifiers.leaks import LeakScanner
 
 from termigen_core.llm import ParseFailed, json_model
 from termigen_core.prompts import read_prompt
 from termigen_core.records import CriticVerdict, Step
+from termigen_plugins.verifiers.leaks import LeakScanner
 
 from .agent import PROMPTS, BashAgent, make_step, record_outcome
 from .formats import Action

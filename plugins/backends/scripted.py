@@ -303,7 +303,7 @@ class ScriptedBackend(LLMBackend):
     def validate_environment(self, settings: Any) -> list[str]:
         """Report a missing or invalid script before the run starts."""
         try:
-            self.rules
+            _ = self.rules  # loads and validates the script
         except ScriptError as exc:
             return [str(exc)]
         return []

@@ -12,6 +12,8 @@ pieces testable without an engine.
 
 from __future__ import annotations
 
+import re
+
 #: Output kept per command by default: the first and last half of this many bytes.
 DEFAULT_OUTPUT_LIMIT = 1 << 20
 
@@ -52,13 +54,50 @@ class CappedOutput:
         return max(0, self.total - len(self.head) - min(len(self.tail), self.tail_limit))
 
     def text(self) -> str:
-        """Head + tail decoded (invalid UTF-8 replaced, never raised), with a note when bytes were cut."""
+        """Head + tail as shown text (see :func:`printable`), with a note when bytes were cut."""
         tail = bytes(self.tail[-self.tail_limit :]) if self.tail else b""
-        head = self.head.decode("utf-8", errors="replace")
         if not self.dropped:
-            return (bytes(self.head) + tail).decode("utf-8", errors="replace")
+            return printable(bytes(self.head) + tail)
         note = f"\n[... {self.dropped} bytes of output omitted ...]\n"
-        return head + note + tail.decode("utf-8", errors="replace")
+        return printable(bytes(self.head)) + note + printable(tail)
+
+
+#: Escape sequences a terminal interprets instead of showing: CSI (colours, cursor
+#: moves), OSC (window titles, links; ended by BEL or ST) and two-byte escapes.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\n]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
+#: Characters a terminal does not show as text: C0 controls except \t and \n, DEL, C1 controls.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: What is left after the escapes and carriage returns: runs of NULs, single controls.
+_INVISIBLE = re.compile(r"\x00{4,}|" + _CONTROL.pattern)
+#: Carriage returns that end a line (``\r\n``, or the end of the output): the line stays.
+_LINE_END_CR = re.compile(r"\r+(?=\n|\Z)")
+#: A line up to a carriage return followed by more text: that text overwrites it (progress bars).
+_OVERWRITTEN = re.compile(r"[^\n]*\r")
+
+
+def _escape(match: re.Match[str]) -> str:
+    text = match.group()
+    if len(text) > 1:
+        return f"[{len(text)} NUL bytes]"
+    code = ord(text)
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+
+
+def printable(data: bytes) -> str:
+    """Command output as the text a model is shown: what a terminal would display.
+
+    The one place where output bytes become text, so the run store, trajectory
+    records and prompts all see the same thing: invalid UTF-8 becomes U+FFFD;
+    colour and other escape sequences are dropped; ``\r\n`` becomes ``\n`` and a
+    line redrawn after a bare ``\r`` keeps only its last version; runs of NULs
+    are summarised (``[3000 NUL bytes]``) and other control characters escaped
+    (``\x07``), so no raw control byte reaches a record or a prompt.
+    """
+    text = data.decode("utf-8", errors="replace")
+    if not _CONTROL.search(text):
+        return text
+    text = _LINE_END_CR.sub("", _ESCAPES.sub("", text))
+    return _INVISIBLE.sub(_escape, _OVERWRITTEN.sub("", text))
 
 
 class FrameDecoder:

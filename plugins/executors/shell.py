@@ -32,14 +32,20 @@ The protocol (all of it in :data:`_PRELUDE` and :meth:`BashSession.submit`):
   then prints its marker and keeps its state. If it does not (a trap or
   ``exec`` of the user's got in the way, or it exited), it is killed and
   restarted, and the result says so (``shell_restarted``).
+* Before and after every command the control shell reads the pids cgroup's
+  count of failed forks. If it grew (a fork bomb, perhaps started in the
+  background by an earlier command), every process the main shell started is
+  killed, the ``fork: retry`` messages are dropped from the output, and one
+  note says so; the shell and its state are kept.
+* Output becomes text in one place, :func:`.output.printable` (control bytes
+  escaped or summarised), so the store, trajectories and prompts agree.
 """
 
 from __future__ import annotations
 
-import re
-
 import io
 import logging
+import re
 import secrets
 import select
 import socket
@@ -61,6 +67,9 @@ INLINE_LIMIT = 64 * 1024
 
 #: How long the main shell gets to report after its command was killed.
 KILL_GRACE_S = 3.0
+
+#: The note on a timed-out command when the sandbox was at its pids limit (a fork bomb).
+AT_LIMIT = "the sandbox was at its process limit, so background processes were killed too"
 
 #: How long a new shell gets to say it is ready.
 START_TIMEOUT_S = 30.0
@@ -91,24 +100,38 @@ trap __tg_abort USR1
 printf '\036%s:ready:%s\n' "$__tg_n" "$$"
 """
 
-#: Defined in the control shell only. Stops command number ``$3`` of the main
-#: shell ``$1`` (files in ``$2``): arms the shell's abort (``USR1``: a DEBUG trap
-#: that skips and unwinds the rest of the command), then kills every process of
-#: the shell's session except the shell and the background jobs listed in the
-#: jobs file (all of them when the pids cgroup is nearly full: a fork bomb).
-#: Builtins only: it must work when no new process can be forked.
+#: Defined in both shells (the main shell uses them only when the control shell
+#: could not start). ``__tg_limits`` reads the pids cgroup (``__tg_hits``: how
+#: often a fork failed at the limit; current; max) and ``__tg_pids`` prints those
+#: three after ``__tg:`` (read by :func:`_said`). ``__tg_kill`` stops command number ``$3`` of
+#: the main shell ``$1`` (files in ``$2``; ``-``: no command, the shell is idle):
+#: arms the shell's abort (``USR1``: a DEBUG trap that skips and unwinds the rest
+#: of the command), then kills every process of the shell's session except the
+#: shell and the background jobs listed in the jobs file (all of them when ``$4``
+#: is ``all`` or the pids cgroup is nearly full: a fork bomb). It prints
+#: ``__tg: KILLS ALL HITS``. Builtins only: it must work when no new process can be forked.
 _KILLER = r"""
-__tg_kill() {
-  local sp=$1 dir=$2 all=0 keep=" " l d pid pg sid n=0 pass hit cur max
-  printf '%s\n' "$3" > "$dir/abort" 2>/dev/null
-  kill -USR1 "$sp" 2>/dev/null
+__tg_limits() {
+  local l k v
+  __tg_hits=0; __tg_cur=0; __tg_max=max
   for l in /sys/fs/cgroup/pids/pids /sys/fs/cgroup/pids; do
     if [ -r "$l.current" ] && [ -r "$l.max" ]; then
-      read -r cur < "$l.current"; read -r max < "$l.max"
-      if [ "$max" != max ] && [ $((cur + 16)) -ge "$max" ]; then all=1; fi
+      read -r __tg_cur < "$l.current"; read -r __tg_max < "$l.max"
+      while read -r k v; do [ "$k" = max ] && __tg_hits=$v; done 2>/dev/null < "$l.events"
       break
     fi
   done
+}
+__tg_pids() { __tg_limits; printf '__tg: %s %s %s\n' "$__tg_hits" "$__tg_cur" "$__tg_max"; }
+__tg_kill() {
+  local sp=$1 dir=$2 all=0 keep=" " l d pid pg sid n=0 pass hit
+  if [ "$3" != - ]; then
+    printf '%s\n' "$3" > "$dir/abort" 2>/dev/null
+    kill -USR1 "$sp" 2>/dev/null
+  fi
+  __tg_limits
+  if [ "$4" = all ]; then all=1; fi
+  if [ "$__tg_max" != max ] && [ $((__tg_cur + 16)) -ge "$__tg_max" ]; then all=1; fi
   if [ "$all" != 1 ] && [ -r "$dir/jobs" ]; then
     while read -r l; do keep+="$l "; done < "$dir/jobs"
   fi
@@ -127,7 +150,8 @@ __tg_kill() {
     done
     [ $hit = 1 ] || break
   done
-  printf '%s %s\n' "$n" "$all"
+  __tg_limits
+  printf '__tg: %s %s %s\n' "$n" "$all" "$__tg_hits"
 }
 """
 
@@ -425,6 +449,23 @@ class BashSession:
                 self._stray = self._stray[len(self._stray) // 2 :]
         return False
 
+    def take_output(self, timeout_s: float) -> str | None:
+        """Everything written to the idle shell's output so far (a no-op command is the fence).
+
+        Returns ``None`` if the shell did not answer. The output would otherwise lead
+        the next command's; :meth:`give_back` returns what should still go there.
+        """
+        try:
+            status, _, text = self.call("", timeout_s)
+        except ShellUnavailable:
+            return None
+        return text if status == "done" else None
+
+    def give_back(self, text: str) -> None:
+        """Put ``text`` in front of the next command's output."""
+        if text:
+            self._stray.insert(0, (STDOUT, text.encode("utf-8", errors="replace")))
+
     def call(self, command: str, timeout_s: float) -> tuple[str, int | None, str]:
         """Run a short command (control shell use): ``(status, exit code, output)``."""
         deadline = time.monotonic() + timeout_s
@@ -451,19 +492,24 @@ class PersistentShell:
         self._control_start = threading.Lock()  # one control-shell start at a time
         self._state = threading.Lock()  # guards ``control`` and ``_closed``
         self._closed = False
+        #: Times a fork failed at the pids limit (the cgroup's counter) when last looked at.
+        self._limit_hits = 0
+        self._control_thread: threading.Thread | None = None
 
     # -- sessions ------------------------------------------------------------------------
 
     def _start_main(self) -> None:
         if self._closed:
             raise ShellUnavailable("the sandbox is closed")
-        session = BashSession(self.api, self.container_id, self.workdir, job_control=True)
+        session = BashSession(self.api, self.container_id, self.workdir, job_control=True, extra=_KILLER)
         session.start()
         self.main = session
         # The control shell must exist *before* trouble: once a fork bomb holds
-        # every pid, no exec can start. A thread keeps it off the first command's latency.
+        # every pid, no exec can start. A thread starts it while the first command
+        # runs; :meth:`_check_process_limit` waits for it before the next one.
         if self.control is None or not self.control.alive:
-            threading.Thread(target=self._control, name="termigen-control-shell", daemon=True).start()
+            self._control_thread = threading.Thread(target=self._control, name="termigen-control-shell", daemon=True)
+            self._control_thread.start()
 
     def _control(self) -> BashSession | None:
         """The idle control shell (started if needed); ``None`` when it cannot be had."""
@@ -486,9 +532,9 @@ class PersistentShell:
                 self.control = session
             return session
 
-    def _kill_command(self, main: BashSession) -> str:
-        """Kill what the current command started; returns a note for the result."""
-        call = f"__tg_kill {main.pid} {main.files_dir} {main.seq}"
+    def _kill_command(self, main: BashSession, *, everything: bool = False) -> str:
+        """Kill what the current command started (``everything``: all the shell started); returns a note."""
+        call = f"__tg_kill {main.pid} {main.files_dir} {'- all' if everything else main.seq}"
         control = self._control()
         output = ""
         if control is not None:
@@ -505,10 +551,60 @@ class PersistentShell:
                 output = self.api.exec_start(exec_id).decode(errors="replace")
             except Exception as exc:  # noqa: BLE001
                 return f"could not kill the command's processes ({_describe(exc)})"
-        parts = output.split()
-        if len(parts) >= 2 and parts[1] == "1":
-            return "the sandbox was at its process limit, so background processes were killed too"
+        parts, _ = _said(output)
+        if len(parts) >= 3 and parts[2].isdigit():
+            self._limit_hits = int(parts[2])
+        if len(parts) >= 2 and parts[1] == "1" and not everything:
+            return AT_LIMIT
         return ""
+
+    def _check_process_limit(self, main: BashSession) -> str:
+        """Before and after a command: if forks failed at the pids limit since the last look, clear the sandbox.
+
+        A fork bomb started in the background returns at once; its copies then fill
+        the pids cgroup and print ``fork: retry`` forever, which would lead every
+        later output. Everything the shell started is killed (the shell stays),
+        the failed-fork messages are dropped, and the note returned says so. Checked
+        after the command too, since a bomb may still be growing when the next one starts.
+        """
+        starting = self._control_thread
+        if starting is not None and starting.is_alive():
+            starting.join(START_TIMEOUT_S)
+        # The control shell, or (when a bomb went off before it could start) the idle main shell,
+        # which carries the same builtins-only helpers.
+        control = self.control if self.control is not None and self.control.alive else main
+        try:
+            status, _, output = control.call("{ __tg_pids; } 2>/dev/null", CONTROL_TIMEOUT_S)
+        except ShellUnavailable:
+            status, output = "eof", ""
+        if status != "done":
+            if control is not main:
+                control.close()
+            return ""
+        parts, rest = _said(output)
+        if control is main:  # the main shell's output since the command: it belongs to the next one
+            main.give_back(rest)
+        if len(parts) < 3 or not parts[0].isdigit() or int(parts[0]) <= self._limit_hits:
+            return ""
+        limit, self._limit_hits = parts[2], int(parts[0])
+        if control is main:
+            _, _, output = main.call(f"{{ __tg_kill $$ {main.files_dir} - all; }} 2>/dev/null", CONTROL_TIMEOUT_S)
+            said, rest = _said(output)
+            main.give_back(rest)
+            if len(said) >= 3 and said[2].isdigit():
+                self._limit_hits = int(said[2])
+            failed = ""
+        else:
+            failed = self._kill_command(main, everything=True)
+        self._drop_fork_messages(main)
+        return (f"the sandbox reached its limit of {limit} processes, so every process started from the shell "
+                "was killed (the shell itself was kept)" + (f"; {failed}" if failed else ""))
+
+    def _drop_fork_messages(self, main: BashSession) -> None:
+        """After killing a fork bomb: drop its failed-fork messages still on their way from the idle shell."""
+        before = main.take_output(CONTROL_TIMEOUT_S)
+        if before is not None:
+            main.give_back(_drop_fork_failures(before))
 
     def _kill_shell(self, main: BashSession) -> None:
         control = self._control()
@@ -545,7 +641,7 @@ class PersistentShell:
     def _run(self, command: str, timeout_s: float, merge: bool, limit: int, cancel: threading.Event | None) -> CommandResult:
         start = time.monotonic()
         notes: list[str] = []
-        restarted = False
+        restarted = bomb = False
 
         def failed(message: str) -> CommandResult:
             text = "".join(f"[termigen: {note}]\n" for note in [*notes, message])
@@ -567,6 +663,9 @@ class PersistentShell:
                 return failed(str(exc))
         main = self.main
         assert main is not None
+        cleared = self._check_process_limit(main)
+        if cleared:
+            notes.append(cleared)
         deadline = start + timeout_s
         try:
             pending = main.submit(command, merge=merge, limit=limit, deadline=max(deadline, time.monotonic() + 5))
@@ -588,6 +687,9 @@ class PersistentShell:
             if status == "done":
                 notes.append(f"the command {why}; it was stopped and its processes were killed"
                              + (f"; {note}" if note else ""))
+                if note == AT_LIMIT:  # a fork bomb: its failed-fork messages are noise
+                    bomb = True
+                    self._drop_fork_messages(main)
             elif status == "deadline":
                 self._kill_shell(main)
                 notes.append(self._restart(
@@ -607,6 +709,11 @@ class PersistentShell:
         if exit_code is None:
             exit_code = -1
         output = as_terminal(pending.out.text())
+        cleared = self._check_process_limit(main) if status == "done" else ""
+        if cleared:
+            notes.append(cleared)
+        if cleared or bomb:
+            output = _drop_fork_failures(output)
         if notes:
             output += ("" if not output or output.endswith("\n") else "\n") + "".join(
                 f"[termigen: {note}]\n" for note in notes)
@@ -636,6 +743,26 @@ class PersistentShell:
 #: found``); a terminal says ``bash: tree: command not found``. Observations become training data,
 #: so the wrapper must not show.
 _WRAPPER_PREFIX = re.compile(r"^(?:/dev/fd/9|/tmp/\.termigen-shell-[^/\s]+/cmd): line \d+: ", re.MULTILINE)
+
+
+#: What bash (and the shells of a fork bomb) print while forks fail at the pids limit.
+_FORK_FAILED = re.compile(r"\bfork: (?:retry: )?(?:Resource temporarily unavailable|Cannot allocate memory)")
+
+
+def _said(output: str) -> tuple[list[str], str]:
+    """The fields a helper printed after ``__tg:``, and the rest of ``output``."""
+    fields: list[str] = []
+    rest = []
+    for line in output.splitlines(keepends=True):
+        if line.startswith("__tg: "):
+            fields = line.split()[1:]
+        else:
+            rest.append(line)
+    return fields, "".join(rest)
+
+
+def _drop_fork_failures(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not _FORK_FAILED.search(line))
 
 
 def as_terminal(text: str) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from termigen_core.records import Step, TrajectoryRecord
+
 # The agent's own spelling of its tools and observations: the exported data teaches exactly
 # what the agent sees and writes.
 from termigen_plugins.agent.formats import TOOLS as DEFAULT_TOOLS

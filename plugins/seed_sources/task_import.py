@@ -426,8 +426,9 @@ def candidates(root: Path, fmt: str) -> Iterator[tuple[str, Path, str, str | Non
                 yield f"{child.name}__{grandchild.name}", grandchild, child.name, kind(grandchild)
 
 
-def import_tasks(root: Path, config: TaskImportConfig, limits: Limits = Limits()) -> ImportResult:
+def import_tasks(root: Path, config: TaskImportConfig, limits: Limits | None = None) -> ImportResult:
     """Read every task under ``root`` (filtered by ``ids``, up to ``limit`` imported)."""
+    limits = limits if limits is not None else Limits()
     if not root.is_dir():
         raise TermigenError(f"task import: {root} is not a folder")
     wanted = set(config.ids)

@@ -33,6 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
+
+from termigen_core import hookimpl
+from termigen_core.components import ComponentConfig, Stage
+from termigen_core.errors import ComponentNotFound, ConfigIssue, Reject
+from termigen_core.items import Item
+from termigen_core.records import TaskRecord, TrajectoryRecord
+from termigen_core.suggest import did_you_mean
 from termigen_plugins.agent.agent import AgentSettings, BashAgent
 from termigen_plugins.agent.collect import Collector, CollectSettings, ModeSpec, Prompts
 from termigen_plugins.agent.formats import TOOLS, get_format
@@ -42,13 +49,6 @@ from termigen_plugins.agent.stats import trajectory_statistics
 from termigen_plugins.agent.tools import tools_used
 from termigen_plugins.error_modes import mode_applies
 from termigen_plugins.verifiers.leaks import LeakScanner
-
-from termigen_core import hookimpl
-from termigen_core.components import ComponentConfig, Stage
-from termigen_core.errors import ComponentNotFound, ConfigIssue, Reject
-from termigen_core.items import Item
-from termigen_core.records import TaskRecord, TrajectoryRecord
-from termigen_core.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from termigen_core.context import StageContext

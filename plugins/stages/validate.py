@@ -27,10 +27,9 @@ from termigen_core import hookimpl
 from termigen_core.components import ComponentConfig, Stage
 from termigen_core.errors import ParseError, Reject
 from termigen_core.items import Item
+from termigen_core.llm import with_schema
 from termigen_core.records import TESTS_DIR, RunCheck, TaskRecord, Validation, verification_command
 from termigen_core.safepaths import write_tree
-
-from termigen_core.llm import with_schema
 from termigen_plugins.stages.synthesize import load_template
 from termigen_plugins.stages.tests_stage import TestFiles, describe_files, parse_test_files, task_context, with_task
 

@@ -652,7 +652,8 @@ class AnthropicServer(LoopbackServer):
         if min_tokens is None:
             minimum = min_cacheable_tokens
         elif isinstance(min_tokens, int):
-            minimum = lambda _model, n=min_tokens: n
+            def minimum(_model: str, n: int = min_tokens) -> int:
+                return n
         else:
             minimum = min_tokens
         self._state = _State(responder=responder or default_responder, api_key=api_key, cache=PromptCache(minimum))
@@ -676,11 +677,6 @@ class AnthropicServer(LoopbackServer):
             self._state.queue.extend(behaviours)
 
     @property
-    def pending(self) -> int:
-        with self._state.lock:
-            return len(self._state.queue)
-
-    @property
     def cache(self) -> PromptCache:
         """The prompt cache (``.entries``: prefix hash → tokens; ``.clear()``)."""
         return self._state.cache
@@ -695,17 +691,7 @@ class AnthropicServer(LoopbackServer):
 
     # -- observations ------------------------------------------------------------------
 
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """Copies of every request body received (any path), oldest first."""
-        with self._state.lock:
-            return [json.loads(json.dumps(r)) for r in self._state.requests]
 
-    @property
-    def request_headers(self) -> list[dict[str, str]]:
-        """The (lower-cased) headers of every request."""
-        with self._state.lock:
-            return [dict(h) for h in self._state.headers]
 
     @property
     def paths(self) -> list[str]:
@@ -826,9 +812,8 @@ def scripted_responder(
     by default a 400 ``invalid_request_error`` naming the inferred role and the last user
     message, so the failure is readable from the client side.
     """
-    from termigen_plugins.backends.scripted import load_script
-
     from termigen_core.llm import LLMRequest
+    from termigen_plugins.backends.scripted import load_script
 
     rules = load_script(Path(script))
     hints = [

@@ -7,6 +7,7 @@ stop live here, once.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
@@ -69,6 +70,26 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # -- observations (the state has ``lock``, ``requests``, ``headers`` and ``queue``) -----------
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Copies of every request body received, oldest first."""
+        with self._state.lock:
+            return [json.loads(json.dumps(r)) for r in self._state.requests]
+
+    @property
+    def request_headers(self) -> list[dict[str, str]]:
+        """The (lower-cased) headers of every request."""
+        with self._state.lock:
+            return [dict(h) for h in self._state.headers]
+
+    @property
+    def pending(self) -> int:
+        """Behaviours still queued."""
+        with self._state.lock:
+            return len(self._state.queue)
 
     @property
     def url(self) -> str:

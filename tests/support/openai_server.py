@@ -216,20 +216,5 @@ class OpenAIServer(LoopbackServer):
         with self._state.lock:
             self._state.default = behaviour
 
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """Copies of every chat completion request body received, oldest first."""
-        with self._state.lock:
-            return [json.loads(json.dumps(r)) for r in self._state.requests]
 
-    @property
-    def request_headers(self) -> list[dict[str, str]]:
-        """The (lower-cased) headers of every chat completion request."""
-        with self._state.lock:
-            return [dict(h) for h in self._state.headers]
 
-    @property
-    def pending(self) -> int:
-        """Behaviours still queued."""
-        with self._state.lock:
-            return len(self._state.queue)
