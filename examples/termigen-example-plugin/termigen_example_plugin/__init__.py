@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from termigen_core import hookimpl
-from termigen_core.components import ComponentConfig, ErrorMode, Exporter
+# the public API: everything a plugin needs is importable from termigen_core itself
+from termigen_core import ComponentConfig, ErrorMode, Exporter, hookimpl
 
 if TYPE_CHECKING:  # annotations only: no import cost at start-up
-    from termigen_core.context import ExportContext
-    from termigen_core.items import Item
+    from termigen_core import ExportContext, Item
 
 
 class OffByOnePath(ErrorMode):
