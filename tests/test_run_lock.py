@@ -109,7 +109,8 @@ def test_a_second_run_is_refused_while_the_first_lives_and_kill_9_frees_the_dire
 
 
 def run_containers(client, run_id: str) -> set[str]:
-    return {c.id for c in client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})}
+    # the low-level list: containers.list() inspects each one and races with their removal (404)
+    return {c["Id"] for c in client.api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})}
 
 
 def test_a_resume_removes_the_containers_a_killed_invocation_left_behind(tmp_path, docker_client):

@@ -601,10 +601,16 @@ class PersistentShell:
                 "was killed (the shell itself was kept)" + (f"; {failed}" if failed else ""))
 
     def _drop_fork_messages(self, main: BashSession) -> None:
-        """After killing a fork bomb: drop its failed-fork messages still on their way from the idle shell."""
+        """After killing a fork bomb: drop its failed-fork messages still on their way from the idle shell,
+        and the job reports (``Done``, ``Killed``) bash would print for the killed jobs in front of a
+        later command: the jobs are forgotten (``disown -a``; they are all dead) and that call's output dropped."""
         before = main.take_output(CONTROL_TIMEOUT_S)
+        try:
+            main.call("{ disown -a; } 2>/dev/null", CONTROL_TIMEOUT_S)
+        except ShellUnavailable:
+            pass
         if before is not None:
-            main.give_back(_drop_fork_failures(before))
+            main.give_back(_JOB_REPORT.sub("", _drop_fork_failures(before)))
 
     def _kill_shell(self, main: BashSession) -> None:
         control = self._control()
@@ -759,6 +765,10 @@ def _said(output: str) -> tuple[list[str], str]:
         else:
             rest.append(line)
     return fields, "".join(rest)
+
+
+#: bash's reports of finished jobs, e.g. ``bash: line 73:    23 Done    :`` and ``    24 Killed    | :``.
+_JOB_REPORT = re.compile(r"^(?:bash: line \d+: )?\s*(?:\[\d+\][+-]?\s+)?\d+\s+(?:Done|Killed|Terminated|Exit \d+)(?:\s.*)?\n?", re.MULTILINE)
 
 
 def _drop_fork_failures(text: str) -> str:
