@@ -119,7 +119,8 @@ def db_rows(run_dir: Path, sql: str, *args: Any) -> list[tuple]:
 
 def item_id(run_dir: Path, name: str) -> str:
     """The id of the scenario's item (ids are category + hash of the seed text)."""
-    rows = db_rows(run_dir, "SELECT item_id, outputs FROM stage_runs WHERE stage_index=1 AND outputs LIKE ?", f"%{name} count%")
+    # the opening quote keeps REPAIRTASK from matching NOREPAIRTASK
+    rows = db_rows(run_dir, "SELECT item_id, outputs FROM stage_runs WHERE stage_index=1 AND outputs LIKE ?", f'%"{name} count%')
     assert rows, f"no spec for {name}"
     return rows[0][0]
 
