@@ -101,11 +101,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from tests.support.loopback import LoopbackServer, QuietThreadingServer
+from tests.support.loopback import LoopbackHandler, LoopbackServer
 
 #: The path litellm posts to (``api_base`` + ``/v1/messages``).
 MESSAGES_PATH = "/v1/messages"
@@ -498,12 +497,9 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like a real API
-    server: QuietThreadingServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
+class _Handler(LoopbackHandler):
+    def default_headers(self) -> tuple[tuple[str, str], ...]:
+        return (("request-id", f"req_loopback_{next(_ids):06d}"),)
 
     def do_GET(self) -> None:
         self._send_error(404, "not_found_error", f"no route GET {self.path}")
@@ -600,18 +596,6 @@ class _Handler(BaseHTTPRequestHandler):
         payload = {"type": "error", "error": {"type": kind or _ERROR_TYPES.get(status, "api_error"), "message": message}}
         self._send_json(status, payload, headers)
 
-    def _send_json(self, status: int, payload: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json", headers)
-
-    def _send(self, status: int, data: bytes, content_type: str, headers: tuple[tuple[str, str], ...]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("request-id", f"req_loopback_{next(_ids):06d}")
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def _key_of(headers: dict[str, str]) -> str | None:

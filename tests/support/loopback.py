@@ -35,6 +35,31 @@ class QuietThreadingServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class LoopbackHandler(BaseHTTPRequestHandler):
+    """Quiet, keep-alive request handling with JSON replies; protocols add ``default_headers()``."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real API
+    server: QuietThreadingServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+        return
+
+    def default_headers(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def _send_json(self, status: int, payload: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _send(self, status: int, data: bytes, content_type: str, headers: tuple[tuple[str, str], ...]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (*self.default_headers(), *headers):
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class LoopbackServer:
     """Runs ``handler`` on 127.0.0.1 (a free port) in a thread; use as a context manager.
 

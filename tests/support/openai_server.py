@@ -22,10 +22,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support.loopback import LoopbackServer, QuietThreadingServer
+from tests.support.loopback import LoopbackHandler, LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -99,13 +98,7 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like a real API
-    server: QuietThreadingServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
-        return
-
+class _Handler(LoopbackHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         if self.path.rstrip("/") == "/v1/models":
             self._send_json(200, {"object": "list", "data": [{"id": "test-model", "object": "model", "owned_by": "tests"}]})
@@ -141,17 +134,6 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, _completion_body(behaviour, str(body.get("model", "test-model"))), behaviour.headers)
 
-    def _send_json(self, status: int, payload: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json", headers)
-
-    def _send(self, status: int, data: bytes, content_type: str, headers: tuple[tuple[str, str], ...]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def _error_body(message: str, kind: str) -> dict[str, Any]:
