@@ -102,6 +102,30 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         tools = [k for k in merged if k.startswith(".tools")]
         row("datasets", datasets.__version__, path.name, len(ds) == len(source) and not tools, None, None,
             f"{len(ds)} rows" + (f"; schema merge added null keys: {', '.join(merged[:6])}" if merged else "; rows identical"))
+    card_repository(args.sft)
+
+
+def card_repository(sft: Path) -> None:
+    """The folder as a dataset repository: every config of its card loads, with the features it declares."""
+    import datasets
+    import yaml
+
+    readme = sft / "README.md"
+    if not readme.is_file():
+        return
+    front = yaml.safe_load(readme.read_text(encoding="utf-8").split("---\n")[1])
+    declared = {i["config_name"]: i for i in front.get("dataset_info", [])}
+    for config in front.get("configs", []):
+        name = config["config_name"]
+        try:
+            ds = datasets.load_dataset(str(sft), name, split="train", verification_mode="all_checks")
+        except Exception as exc:  # noqa: BLE001 - the cell records why
+            row("datasets", datasets.__version__, f"README.md config {name}", False, None, None, f"{type(exc).__name__}: {exc}"[:300])
+            continue
+        features = declared.get(name, {}).get("features")
+        same = features is None or ds.features == datasets.Features._from_yaml_list(features)
+        row("datasets", datasets.__version__, f"README.md config {name}", same, None, None,
+            f"{len(ds)} rows; " + ("features as declared" if features else "no features declared"))
 
 
 def added_keys(src: Any, loaded: Any, where: str = "") -> list[str]:

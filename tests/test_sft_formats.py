@@ -180,10 +180,22 @@ def test_card_front_matter_and_split_by_task(tmp_path):
     front = yaml.safe_load(text.split("---\n")[1])
     assert front["license"] == "cc-by-4.0" and "termigen" in front["tags"]
     names = {c["config_name"] for c in front["configs"]}
-    assert names == {"openai", "sharegpt", "parquet", "axolotl"}
+    # one datasets builder per folder: the JSON formats are its configs, parquet is loaded by file
+    assert names == {"openai", "sharegpt", "axolotl"}
+    assert {i["config_name"] for i in front["dataset_info"]} == names
+    assert 'load_dataset("parquet", data_files={"train": "trajectories.parquet", "validation": "trajectories.validation.parquet"})' in text
     for config in front["configs"]:
         assert {f["split"] for f in config["data_files"]} == {"train", "validation"}
         assert all((sft / f["path"]).is_file() for f in config["data_files"])
+        # the folder is a dataset repository: every config and split loads as the card says, and the
+        # features the card declares are the ones datasets reads
+        declared = next(i for i in front["dataset_info"] if i["config_name"] == config["config_name"])
+        for split in ("train", "validation"):
+            ds = datasets.load_dataset(str(sft), config["config_name"], split=split, verification_mode="all_checks")
+            assert len(ds) > 0
+            if "features" in declared:
+                assert ds.features == datasets.Features._from_yaml_list(declared["features"])
+    assert "features" not in next(i for i in front["dataset_info"] if i["config_name"] == "openai")
     stats = front["termigen"]["exports"]["openai"]
     assert stats["masked_turns"] == 2 * stats["trajectories"] and stats["models"] == ["scripted-demo"]
     train = {r["task_id"] for r in read_jsonl(sft / "openai.meta.jsonl")}

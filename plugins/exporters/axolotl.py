@@ -39,14 +39,18 @@ class AxolotlExporter(SFTExporter):
 
     def export(self, items: list["Item"], ctx: "ExportContext") -> dict[str, Any]:
         kept, dropped, train_on, path, parts = self.plan(items, ctx)
-        files = self.write_splits(path, parts, lambda part: jsonl([
-            {"id": record.id, "task_id": record.task_id, "messages": fmt.to_axolotl_messages(record, train_on=train_on),
-             "tools": fmt.string_parameter_tools(record)}
-            for _, record in part
-        ]))
+        rows = {
+            name: [
+                {"id": record.id, "task_id": record.task_id, "messages": fmt.to_axolotl_messages(record, train_on=train_on),
+                 "tools": fmt.string_parameter_tools(record)}
+                for _, record in part
+            ]
+            for name, part in parts.items()
+        }
+        files = self.write_splits(path, rows, jsonl)
         snippet = path.parent / "axolotl.yaml"
         write_text(snippet, self.dataset_config(files, path.parent, train_on))
-        self.finish(ctx, kept, files, train_on)
+        self.finish(ctx, kept, files, train_on, rows)
         ctx.log("axolotl: wrote %d example(s) to %s and %s", len(kept), path, snippet)
         return self.result(files, {n: len(p) for n, p in parts.items()}, dropped, train_on, dataset_config=str(snippet))
 

@@ -134,15 +134,24 @@ class SFTExporter(Exporter):
             out[card.split_of(record.task_id, split)].append((item, record))
         return out
 
-    def write_splits(self, path: Path, parts: dict[str, Kept], render: Callable[[Kept], str]) -> dict[str, Path]:
-        """Write ``render(part)`` to each split's file; the file of each split, by split name."""
-        files = card.split_paths(path, list(parts))
-        for name, part in parts.items():
-            write_text(files[name], render(part))
+    def write_splits(self, path: Path, rows: dict[str, list[dict[str, Any]]], render: Callable[[list[dict[str, Any]]], str]) -> dict[str, Path]:
+        """Write ``render(rows)`` of each split to its file; the file of each split, by split name."""
+        files = card.split_paths(path, list(rows))
+        for name, part_rows in rows.items():
+            write_text(files[name], render(part_rows))
         return files
 
-    def finish(self, ctx: "ExportContext", kept: Kept, files: dict[str, Path], train_on: str) -> Path | None:
-        """Record this format in the folder's dataset card (when ``dataset.card``)."""
+    #: whether the format is a loadable config of the card (JSON formats; see :func:`card.update_card`)
+    card_config = True
+    #: whether the card declares the config's features (only when every ``datasets`` version infers the same)
+    card_features = True
+
+    def finish(
+        self, ctx: "ExportContext", kept: Kept, files: dict[str, Path], train_on: str,
+        rows: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> Path | None:
+        """Record this format in the folder's dataset card (when ``dataset.card``); ``rows`` are the
+        examples written per split, from which the card's features and split sizes come."""
         settings = ctx.dataset_settings()
         if not settings.card:
             return None
@@ -150,8 +159,10 @@ class SFTExporter(Exporter):
         if any(f.parent != folder for f in files.values()):
             return None
         stats = card.statistics([r for _, r in kept], train_on)
-        readme = card.update_card(folder, config_name=self.card_name or self.name, files=files, stats=stats,
-                                  license=settings.license, run_id=ctx.run_id)
+        name = self.card_name or self.name
+        info = card.card_dataset_info(name, rows, with_features=self.card_features) if self.card_config and rows is not None else None
+        readme = card.update_card(folder, config_name=name, files=files, stats=stats,
+                                  license=settings.license, run_id=ctx.run_id, info=info)
         if readme is None:
             ctx.log("%s: %s/README.md was not written by termigen; the dataset card is left alone", self.name, folder)
         return readme
@@ -185,6 +196,9 @@ class OpenAIJsonlExporter(SFTExporter):
 
     name = "openai_jsonl"
     card_name = "openai"
+    # each tool's parameters have their own properties: datasets < 4.x merges them into one struct
+    # (bash gains summary: null) where newer releases infer Json; declaring either would impose it
+    card_features = False
     description = "Trajectories as OpenAI fine-tuning JSONL (tool_calls, tools, weight 0/1) plus <stem>.meta.jsonl."
 
     class Config(MessagesConfig):
@@ -198,15 +212,17 @@ class OpenAIJsonlExporter(SFTExporter):
     def export(self, items: list["Item"], ctx: "ExportContext") -> dict[str, Any]:
         kept, dropped, train_on, path, parts = self.plan(items, ctx)
         sidecars: dict[str, str] = {}
+        rows: dict[str, list[dict[str, Any]]] = {}
         for name, part in parts.items():
             pairs = list(self.openai_examples(part, train_on, self.config.arguments_as))
+            rows[name] = [ex for ex, _ in pairs]
             target = card.split_paths(path, [name])[name]
-            write_text(target, jsonl([ex for ex, _ in pairs]))
+            write_text(target, jsonl(rows[name]))
             meta = target.with_name(f"{target.stem}.meta.jsonl")
             write_text(meta, jsonl([{"id": m["trajectory_id"], "line": n, **m} for n, (_, m) in enumerate(pairs)]))
             sidecars[name] = str(meta)
         files = card.split_paths(path, list(parts))
-        self.finish(ctx, kept, files, train_on)
+        self.finish(ctx, kept, files, train_on, rows)
         ctx.log("openai_jsonl: wrote %d example(s) to %s (%d filtered out)", len(kept), path, sum(dropped.values()))
         return self.result(files, {n: len(p) for n, p in parts.items()}, dropped, train_on, metadata=sidecars)
 
@@ -267,14 +283,12 @@ class ShareGPTExporter(SFTExporter):
         kept, dropped, train_on, path, parts = self.plan(items, ctx)
         rows = {name: [ex for item, record in part for ex in self.examples(item, record, train_on)] for name, part in parts.items()}
         counts = {name: len(r) for name, r in rows.items()}
-        files = card.split_paths(path, list(parts))
-        for name, part_rows in rows.items():
-            write_text(files[name], json.dumps(part_rows, ensure_ascii=False, indent=1) + "\n")
+        files = self.write_splits(path, rows, lambda part_rows: json.dumps(part_rows, ensure_ascii=False, indent=1) + "\n")
         info_path = path.parent / "dataset_info.json"
         write_text(info_path, json.dumps(self.merged_dataset_info(info_path, files), ensure_ascii=False, indent=2) + "\n")
         args_path = path.parent / "llamafactory.yaml"
         write_text(args_path, self.training_args(train_on, "validation" in files))
-        self.finish(ctx, kept, files, train_on)
+        self.finish(ctx, kept, files, train_on, rows)
         ctx.log("sharegpt: wrote %d example(s) for template %s to %s", sum(counts.values()), self.config.template, path)
         return self.result(files, counts, dropped, train_on, dataset_info=str(info_path), training_args=str(args_path),
                            template=self.config.template, call_style=self.style()[0], trajectories=len(kept))
@@ -327,6 +341,8 @@ class ParquetExporter(SFTExporter):
 
     name = "parquet"
     card_name = "parquet"
+    # the card's configs are JSON files (one datasets builder per folder): parquet is loaded by its file
+    card_config = False
     description = "Trajectories as typed parquet (messages, tools, metadata) plus chat_template.jinja for TRL."
 
     class Config(MessagesConfig):
