@@ -160,3 +160,91 @@ def test_harbors_validator_rejects_a_broken_reference(tmp_path: Path) -> None:
     done = subprocess.run([str(python), "-c", VALIDATE, str(root)], capture_output=True, text=True, timeout=300)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert list(report["bad"]) == ["count-errors.0.json"] and "call_99" in " ".join(report["bad"]["count-errors.0.json"])
+
+
+#: Harbor's own models over a harbor_jobs export: every job and trial document they read.
+VALIDATE_JOBS = """
+import json, sys
+from pathlib import Path
+from harbor.models.job.config import JobConfig
+from harbor.models.job.result import JobResult
+from harbor.models.trajectories import Trajectory
+from harbor.models.trial.config import TrialConfig
+from harbor.models.trial.result import TrialResult
+from harbor.viewer.scanner import JobScanner
+scanner = JobScanner(Path(sys.argv[1]))
+out = {}
+for job in scanner.list_jobs():
+    JobConfig.model_validate_json((scanner.jobs_dir / job / "config.json").read_text())
+    JobResult.model_validate_json((scanner.jobs_dir / job / "result.json").read_text())
+    trials = {}
+    for trial in scanner.list_trials(job):
+        d = scanner.jobs_dir / job / trial
+        TrialConfig.model_validate_json((d / "config.json").read_text())
+        result = TrialResult.model_validate_json((d / "result.json").read_text())
+        Trajectory.model_validate(json.loads((d / "agent" / "trajectory.json").read_text()))
+        trials[trial] = {"task": result.task_name, "reward": result.verifier_result.rewards["reward"]}
+    out[job] = trials
+print(json.dumps(out))
+"""
+
+
+def harbor_python() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"needs Harbor (Python >= 3.12) in {VENV}; make it with scripts/conformance.sh")
+    return python
+
+
+def test_harbor_jobs_layout_is_what_harbor_view_opens(tmp_path: Path) -> None:
+    """layout: harbor_jobs → Harbor's models read every document, and `harbor view` serves the trials."""
+    import socket
+    import time
+    import urllib.request
+
+    python = harbor_python()
+    summary = instantiate(AtifExporter, {"layout": "harbor_jobs"}, tmp_path).export(items(), export_context(tmp_path))
+    root = Path(summary["path"])
+    assert summary["count"] == 2 and summary["layout"] == "harbor_jobs"
+    done = subprocess.run([str(python), "-c", VALIDATE_JOBS, str(root)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    jobs = json.loads(done.stdout.strip().splitlines()[-1])
+    (job, trials), = jobs.items()
+    assert set(trials) == {"count-errors.0", "count-errors_1_odd_id"}
+    assert all(t == {"task": "count-errors", "reward": 1.0} for t in trials.values())
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    harbor = python.parent / "harbor"
+    env = {**os.environ, "HARBOR_TELEMETRY": "0"}
+    server = subprocess.Popen([str(harbor), "view", str(root), "--host", "127.0.0.1", "--port", str(port), "--jobs", "--no-build"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    base = f"http://127.0.0.1:{port}/api"
+
+    def get(path: str) -> object:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get("/health")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("harbor view did not start")
+                time.sleep(0.3)
+        listed = get("/jobs")
+        assert [j["name"] for j in listed["items"]] == [job] and listed["items"][0]["n_total_trials"] == 2
+        served = get(f"/jobs/{job}/trials")
+        assert {t["name"] for t in served["items"]} == set(trials)
+        assert {t["model_name"] for t in served["items"]} == {"scripted-demo"}
+        trajectory = get(f"/jobs/{job}/trials/count-errors.0/trajectory")
+        assert trajectory == json.loads((root / job / "count-errors.0" / "agent" / "trajectory.json").read_text())
+        error_steps = [s for s in trajectory["steps"] if s.get("extra", {}).get("termigen", {}).get("intent") == "error"]
+        assert [s["extra"]["termigen"]["error_mode"] for s in error_steps] == ["hallucination"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -3,9 +3,11 @@
 ATIF (Harbor's RFC 0001, ``harbor.models.trajectories``) is what Harbor's
 agents write as ``agent/trajectory.json`` and what ``harbor view`` and the
 tools around it read, so writing it lets those tools open termigen's
-trajectories without a converter of their own. One JSON file per trajectory,
-``<path>/<trajectory id>.json``; the folder is written beside its final place
-and swapped in whole, so a re-export never leaves files of an older one.
+trajectories without a converter of their own. ``layout: files`` writes one
+JSON file per trajectory, ``<path>/<trajectory id>.json``; ``layout:
+harbor_jobs`` writes the folder of jobs and trials ``harbor view PATH`` lists
+(see :func:`job_files`). The folder is written beside its final place and
+swapped in whole, so a re-export never leaves files of an older one.
 
 How a :class:`~termigen_core.records.TrajectoryRecord` maps onto the schema:
 
@@ -32,11 +34,17 @@ literal list there), while naming a newer one would lock out older readers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
-from typing import TYPE_CHECKING, Any
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
 
 from termigen_core import hookimpl
 from termigen_core.components import ComponentConfig, Exporter
@@ -46,8 +54,6 @@ from . import sft_format as fmt
 from .taskfiles import STAGING_PREFIX, check_target, drop_none, generator_name, publish
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from termigen_core.context import ExportContext
     from termigen_core.items import Item
 
@@ -142,9 +148,68 @@ def file_names(ids: list[str]) -> list[str]:
     return names
 
 
+def job_files(run_id: str, trials: list[tuple[str, TrajectoryRecord, dict[str, Any] | None, dict[str, Any]]], root: Path) -> dict[str, Any]:
+    """A Harbor job folder's documents for ``harbor view``: the job's config and result, and per
+    trial its config, result (the test score as the verifier's reward) and ``agent/trajectory.json``.
+
+    Harbor's viewer lists *jobs* of *trials*, so a run becomes one job (``termigen-<run id>``) and
+    each trajectory one trial of its task; ids are derived from the run and trajectory ids, so a
+    re-export writes the same ids.
+    """
+    now = datetime.now(timezone.utc).isoformat()
+    job = f"termigen-{run_id or 'run'}"
+    files: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
+    for trial, record, task, document in trials:
+        model = {"name": record.model, "provider": record.model.split("/", 1)[0] if "/" in record.model else None} if record.model else None
+        config = {"task": {"path": f"tasks/{record.task_id}"}, "trial_name": trial,
+                  "agent": {"name": AGENT_NAME, "model_name": record.model or None}}
+        result = {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"termigen:{run_id}:{record.id}")),
+            "task_name": record.task_id,
+            "trial_name": trial,
+            "trial_uri": (root / job / trial).resolve().as_uri(),
+            "task_id": {"path": f"tasks/{record.task_id}"},
+            "source": "termigen",
+            "task_checksum": hashlib.sha256(json.dumps(task or {}, sort_keys=True, default=str).encode()).hexdigest(),
+            "config": config,
+            "agent_info": {"name": AGENT_NAME, "version": agent_version(), "model_info": model},
+            "agent_result": {
+                "n_input_tokens": sum(s.prompt_tokens for s in record.steps),
+                "n_output_tokens": sum(s.completion_tokens for s in record.steps),
+            },
+            "verifier_result": {"rewards": {"reward": record.pass_ratio}},
+            "started_at": now,
+            "finished_at": now,
+        }
+        results.append(result)
+        files[f"{job}/{trial}/config.json"] = drop_none(config)
+        files[f"{job}/{trial}/result.json"] = drop_none(result)
+        files[f"{job}/{trial}/agent/trajectory.json"] = document
+    models = sorted({record.model for _, record, _, _ in trials if record.model}) or [None]
+    files[f"{job}/config.json"] = drop_none({"job_name": job, "n_attempts": 1, "agents": [{"name": AGENT_NAME, "model_name": m} for m in models]})
+    files[f"{job}/result.json"] = {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"termigen:{run_id}")),
+        "started_at": now,
+        "finished_at": now,
+        "n_total_trials": len(trials),
+        "stats": {
+            "n_completed_trials": len(trials),
+            "n_input_tokens": sum(r["agent_result"]["n_input_tokens"] for r in results),
+            "n_output_tokens": sum(r["agent_result"]["n_output_tokens"] for r in results),
+        },
+    }
+    return files
+
+
 class AtifConfig(ComponentConfig):
-    #: Output folder (one ``<trajectory id>.json`` each); relative paths are inside the run directory.
+    #: Output folder; relative paths are inside the run directory.
     path: str = "export/atif"
+    layout: Literal["files", "harbor_jobs"] = Field(
+        default="files",
+        description="files: one <trajectory id>.json each; harbor_jobs: a Harbor job folder (trials with "
+        "agent/trajectory.json, config.json, result.json) that `harbor view PATH` opens",
+    )
 
 
 class AtifExporter(Exporter):
@@ -157,12 +222,17 @@ class AtifExporter(Exporter):
     config: AtifConfig
 
     def export(self, items: list["Item"], ctx: "ExportContext") -> dict[str, Any]:
-        documents: list[tuple[str, dict[str, Any]]] = []
+        trials: list[tuple[str, TrajectoryRecord, dict[str, Any] | None, dict[str, Any]]] = []
         found, invalid = fmt.trajectory_records(items, ctx.log, self.name)
-        for item, record in found:
-            task = item.data.get("task")
-            documents.append((record.id, to_atif(record, task if isinstance(task, dict) else None, item_id=item.id)))
+        names = file_names([record.id for _, record in found])
+        for name, (item, record) in zip(names, found):
+            task = item.data.get("task") if isinstance(item.data.get("task"), dict) else None
+            trials.append((name.removesuffix(".json"), record, task, to_atif(record, task, item_id=item.id)))
         root = ctx.output_path(self.config.path)
+        if self.config.layout == "harbor_jobs":
+            files = job_files(ctx.run_id, trials, root)
+        else:
+            files = {f"{name}.json": document for name, _, _, document in trials}
         check_target(root, folder=True)
         root.parent.mkdir(parents=True, exist_ok=True)
         for stale in root.parent.glob(f"{STAGING_PREFIX}{root.name}-*"):  # left by an interrupted export
@@ -171,17 +241,18 @@ class AtifExporter(Exporter):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            for name, (_, document) in zip(file_names([d[0] for d in documents]), documents):
+            for name, document in files.items():
                 _write(staging / name, document)
             publish(staging, root)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        ctx.log("atif: wrote %d trajectory file(s) to %s", len(documents), root)
-        return {"path": str(root), "count": len(documents), "invalid": invalid}
+        ctx.log("atif: wrote %d trajectory file(s) to %s (%s)", len(trials), root, self.config.layout)
+        return {"path": str(root), "count": len(trials), "invalid": invalid, "layout": self.config.layout}
 
 
-def _write(path: "Path", document: dict[str, Any]) -> None:
+def _write(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as out:
         out.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
 
