@@ -118,16 +118,109 @@ def contain_library_logging(*, verbose: bool = False) -> None:
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``: short enough for a title line."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class RunProgress:
+    """What a long run's display shows beyond the counts: spend and its rate, sandboxes open, an ETA.
+
+    The ETA counts (item, stage) steps: each item the source produced has one step per later
+    stage, an item rejected or failed at a stage has no later ones, and the steps still to go
+    are divided by the rate of the steps done in this invocation (steps skipped because an
+    earlier invocation did them are free and do not count towards the rate). Stages that turn
+    one item into several make it an underestimate until their outputs arrive; it is an
+    estimate, shown as one.
+    """
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.stages = 0
+        self.planned_items: int | None = None
+        self.finished_steps = 0
+        self.worked_steps = 0
+        self.cancelled_steps = 0
+        self.first_work: float | None = None
+        self.calls = 0
+        self.cost = 0.0
+        #: containers open now (None until the run reports sandboxes: runs without any show nothing)
+        self.sandboxes_open: int | None = None
+
+    def step(self, stage_index: int, status: str) -> None:
+        """One (item, stage) outcome."""
+        self.finished_steps += 1
+        if status != StepStatus.SKIPPED:
+            self.worked_steps += 1
+            if self.first_work is None:
+                self.first_work = self._clock()
+        if status in (StepStatus.REJECTED, StepStatus.FAILED) and self.stages:
+            self.cancelled_steps += max(0, self.stages - 1 - stage_index)
+
+    def llm_call(self, cost: float | None) -> None:
+        self.calls += 1
+        self.cost += cost or 0.0
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started
+
+    def remaining_steps(self) -> int | None:
+        if self.planned_items is None or self.stages < 2:
+            return None
+        return max(0, self.planned_items * (self.stages - 1) - self.finished_steps - self.cancelled_steps)
+
+    def eta_s(self) -> float | None:
+        """Seconds to go at the recent step rate; None until there is a rate to go by."""
+        remaining = self.remaining_steps()
+        if remaining is None or self.first_work is None or self.worked_steps < 1:
+            return None
+        spent = self._clock() - self.first_work
+        if spent <= 0:
+            return None
+        return remaining / (self.worked_steps / spent)
+
+    def title(self) -> str:
+        elapsed = self.elapsed()
+        per_min = self.calls / elapsed * 60 if elapsed > 0 else 0.0
+        per_hour = self.cost / elapsed * 3600 if elapsed > 0 else 0.0
+        eta = self.eta_s()
+        remaining = self.remaining_steps()
+        if remaining == 0:
+            eta_text = "finishing"
+        elif eta is None:
+            eta_text = "ETA —"
+        else:
+            eta_text = f"ETA ~{format_duration(eta)}"
+        containers = "" if self.sandboxes_open is None else f"{self.sandboxes_open} container(s) open, "
+        return (
+            f"termigen — {format_duration(elapsed)}, {self.calls} LLM calls ({per_min:.0f}/min), "
+            f"${self.cost:.4f} (${per_hour:.2f}/h), {containers}{eta_text}"
+        )
+
+
 class Reporter:
     """Counts per stage and status, LLM spend; prints plain lines."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.counts: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.cost = 0.0
-        self.calls = 0
+        self.progress = RunProgress()
         self._lock = threading.Lock()
         self._file_handler: logging.Handler | None = None
+
+    @property
+    def calls(self) -> int:
+        return self.progress.calls
+
+    @property
+    def cost(self) -> float:
+        return self.progress.cost
 
     def __enter__(self) -> Reporter:
         handler = logging.FileHandler(self.run_dir / "run.log", encoding="utf-8")
@@ -154,23 +247,41 @@ class Reporter:
 
     @hookimpl
     def termigen_run_start(self, run_id: str, run_dir: str, config: dict[str, Any]) -> None:
+        self.progress.stages = len(config.get("stages") or [])
         log.info("run %s in %s", run_id, run_dir)
 
     @hookimpl
     def termigen_stage_start(self, run_id: str, stage_index: int, stage_name: str) -> None:
+        if stage_index == 1 and self.progress.planned_items is None:
+            self.progress.planned_items = self._source_items()
         log.info("stage %d %s: started", stage_index, stage_name)
+
+    def _source_items(self) -> int | None:
+        """How many items the source stage produced (stage 1 starts once it has): the ETA's base."""
+        from .store import SOURCE_ITEM, RunStore
+
+        try:
+            store = RunStore(self.run_dir)
+            try:
+                row = store.stage_run(SOURCE_ITEM, 0)
+                return len(store.outputs_of(row)) if row is not None else None
+            finally:
+                store.close()
+        except Exception:  # noqa: BLE001 - the display never breaks a run
+            log.debug("progress: could not count the source's items", exc_info=True)
+            return None
 
     @hookimpl
     def termigen_item_event(self, run_id: str, stage_index: int, stage_name: str, item: Item, status: str, reason: str | None) -> None:
         with self._lock:
             self.counts[(stage_index, stage_name)][status] += 1
+            self.progress.step(stage_index, status)
         self.show_item(stage_index, stage_name, item, status, reason)
 
     @hookimpl
     def termigen_llm_call(self, run_id: str, record: dict[str, Any]) -> None:
         with self._lock:
-            self.calls += 1
-            self.cost += record.get("cost_usd") or 0.0  # None: a price the backend does not know
+            self.progress.llm_call(record.get("cost_usd"))  # None: a price the backend does not know
         self.refresh()
 
     @hookimpl
@@ -233,8 +344,8 @@ class LiveReporter(Reporter):
         from rich.live import Live
 
         self._console = Console(stderr=True)
-        self._started = time.monotonic()
-        self._live = Live(self._render(), console=self._console, refresh_per_second=4, transient=False)
+        # get_renderable: rich redraws on its own (elapsed time, rates and ETA move between events)
+        self._live = Live(get_renderable=self._render, console=self._console, refresh_per_second=2, transient=False)
         self._live.__enter__()
         self._quiet_stderr()
         return self
@@ -256,8 +367,9 @@ class LiveReporter(Reporter):
     def _render(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=f"termigen — {time.monotonic() - getattr(self, '_started', time.monotonic()):.0f}s, "
-                      f"{self.calls} LLM calls, ${self.cost:.4f}", expand=False)
+        with self._lock:
+            title = self.progress.title()
+        table = Table(title=title, expand=False)
         shown = (StepStatus.DONE, StepStatus.SKIPPED, StepStatus.REJECTED, StepStatus.FAILED)
         for column in ("stage", *shown):
             table.add_column(column, justify="left" if column == "stage" else "right")
