@@ -74,11 +74,11 @@ fi
 # --- the export ---------------------------------------------------------------------------
 if [ -z "$SFT" ]; then
   RUN=$HOME/.cache/termigen/sft-conformance-run
-  if [ ! -f "$RUN/export/sft/openai.jsonl" ]; then
-    echo "== running the quickstart into $RUN"
-    "$TERMIGEN" run examples/quickstart.yaml --out "$RUN" --no-progress >"$RUN.log" 2>&1 \
-      || { echo "the quickstart failed: see $RUN.log" >&2; exit 1; }
-  fi
+  # always run (a resume of a finished run only re-exports, in seconds): the exports checked are
+  # this checkout's, never files an older termigen left in the cache
+  echo "== running (or resuming) the quickstart into $RUN"
+  "$TERMIGEN" run examples/quickstart.yaml --out "$RUN" --no-progress >"$RUN.log" 2>&1 \
+    || { echo "the quickstart failed: see $RUN.log" >&2; exit 1; }
   SFT=$RUN/export/sft
 fi
 RESULTS=$(mktemp /tmp/sft-conformance.XXXXXX.jsonl)
@@ -93,7 +93,7 @@ if [ -n "$RUN" ]; then
   index=$("$PY" -c 'import sys, yaml; ex = yaml.safe_load(open(sys.argv[1]))["exports"]; print([e["use"] for e in ex].index("sharegpt"))' examples/quickstart.yaml)
   for t in "${TEMPLATES[@]}"; do
     dir=$RUN/export/sft-lf-$t
-    [ -f "$dir/sharegpt.json" ] || "$TERMIGEN" run examples/quickstart.yaml --out "$RUN" --no-progress \
+    "$TERMIGEN" run examples/quickstart.yaml --out "$RUN" --no-progress \
       -s "exports.$index.with.template=$t" -s "exports.$index.with.path=export/sft-lf-$t/sharegpt.json" >/dev/null
     collect "$LF/bin/python" "$HELPER" llamafactory "$dir" --template "$t" --kept-from "$SFT"
   done

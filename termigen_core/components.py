@@ -22,7 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJson
 from pydantic_core import core_schema
 
 if TYPE_CHECKING:  # imported for annotations only: keeps import time low
+    from concurrent.futures import Future
+
     from .context import ExportContext, StageContext
+    from .engine import EngineRun, StepOutcome, StepRequest
     from .errors import ConfigIssue
     from .items import Item
     from .llm import LLMRequest, LLMResponse, ModelCapabilities
@@ -325,6 +328,10 @@ class Stage(Component):
     produces: ClassVar[tuple[str, ...]] = ()
     #: True if the stage opens sandboxes, so the runner checks the executor up front.
     uses_executor: ClassVar[bool] = False
+    #: True if the stage runs items in the task's built image (``TaskRecord.require_image``):
+    #: a task's image is kept until the last such stage is done with it, then removed unless
+    #: ``run.keep_images`` (so long runs do not fill the disk with images nobody needs again).
+    uses_task_image: ClassVar[bool] = False
     #: LLM roles the stage calls (``llm.roles`` keys are checked against these).
     roles: ClassVar[tuple[str, ...]] = ()
 
@@ -359,6 +366,34 @@ class Exporter(Component):
         """Write ``items``; return a summary (paths written, counts) for the run report."""
 
 
+class Engine(Component):
+    """Runs a run's per-item steps somewhere other than the driver's thread pool.
+
+    The driver calls :meth:`start` once before any step (connect, and refuse a
+    cluster that cannot run the pipeline: raise a :class:`~termigen_core.errors.TermigenError`
+    saying what to do), :meth:`submit` per step, :meth:`watch` every
+    :attr:`watch_interval_s` while steps are in flight, and :meth:`close` at the end.
+    A step's future gives its :class:`StepOutcome`; a step the engine lost (its node
+    died, after the engine's own retries) is an outcome ``pending``, never an exception.
+    """
+
+    kind = "engine"
+    #: How often :meth:`watch` is called while steps are in flight (None: never).
+    watch_interval_s: ClassVar[float | None] = None
+
+    def start(self, run: EngineRun) -> None:
+        """Connect and check the cluster before any step runs."""
+
+    def submit(self, step: StepRequest) -> Future[StepOutcome]:
+        raise NotImplementedError
+
+    def watch(self) -> None:
+        """Notice trouble no step reports (a cluster left without a container engine)."""
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Disconnect; with ``cancel`` (Ctrl-C) abandon the steps in flight."""
+
+
 @dataclass(frozen=True)
 class KindInfo:
     """How a kind of component is collected and described."""
@@ -379,6 +414,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("verifier", "register_verifiers", Verifier, "verifiers"),
         KindInfo("stage", "register_stages", Stage, "stages"),
         KindInfo("exporter", "register_exporters", Exporter, "exporters"),
+        KindInfo("engine", "register_engines", Engine, "engines"),
     )
 }
 

@@ -54,6 +54,17 @@ class RunSection(_Section):
     container_concurrency: int = Field(default=2, ge=1, le=256, description="sandboxes open at once")
     budget_usd: float | None = Field(default=None, ge=0, description="stop cleanly once this much is spent")
     user_llm_cache: bool = Field(default=False, description="share LLM answers across runs (user cache dir)")
+    engine: str = Field(
+        default="local",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="where the per-item steps run: local (this process's threads) or an installed engine (ray); "
+        "its options are run.<engine>",
+    )
+    ray: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of the ray engine (address, connect_timeout_s, num_cpus, max_retries, node_wait_s); "
+        "checked against the engine's own options when the run starts",
+    )
     max_failed_fraction: float = Field(
         default=0.5,
         ge=0,
@@ -63,6 +74,19 @@ class RunSection(_Section):
             "(failed items / items done, rejected or failed at some stage, or produced by the source stage; "
             "rejected items never count as failed), or when no item finished the last stage"
         ),
+    )
+    keep_images: bool = Field(
+        default=False,
+        description="keep each task's built image after its last stage that runs in it (default: removed then; "
+        "exports never need it, they hold the build context)",
+    )
+    min_free_disk_gb: float = Field(
+        default=5.0, ge=0,
+        description="builds wait while the container engine's disk has less free space than this (0: never wait)",
+    )
+    disk_wait_s: float = Field(
+        default=600.0, gt=0,
+        description="how long a build waits for free disk before its step fails as an infrastructure error (retried on resume)",
     )
 
 

@@ -17,7 +17,7 @@ import random
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .sandbox import LABEL_ITEM, LABEL_MANAGED, LABEL_RUN, LABEL_RUN_DIR, CommandResult, Sandbox, SandboxSpec
 
@@ -71,6 +71,9 @@ class RunServices:
     images: ImagePolicy
     container_slots: threading.BoundedSemaphore
     cancelled: threading.Event
+    #: (item id, stage name, "open"/"close", image) around every sandbox: the runner makes it the
+    #: ``termigen_sandbox_event`` hook
+    on_sandbox: Callable[[str, str, str, str], None] | None = None
     _executor: "Executor | None" = None
     _executor_lock: threading.Lock = field(default_factory=threading.Lock)
     _components: dict[tuple[str, str, str], "Component"] = field(default_factory=dict)
@@ -221,12 +224,17 @@ class StageContext:
             labels={**self.services.sandbox_defaults.labels, **labels},
             **overrides,
         )
+        notify = self.services.on_sandbox
         with self.services.container_slots:
             box = self.executor.open(spec)
+            if notify is not None:
+                notify(self.item_id, self.stage_name, "open", spec.image)
             try:
                 yield RecordingSandbox(box, self)
             finally:
                 box.close()
+                if notify is not None:
+                    notify(self.item_id, self.stage_name, "close", spec.image)
 
     def log(self, message: str, *args: Any) -> None:
         log.info("[%s %s] " + message, self.stage_name, self.item_id, *args)

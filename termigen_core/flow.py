@@ -2,7 +2,9 @@
 
 Items flow stage by stage with many in flight: a bounded thread pool runs
 (item, stage) steps, and each finished step submits its outputs to the next
-stage at once, so a slow item never holds up the others. Every step's outcome
+stage at once, so a slow item never holds up the others (with ``run.engine``
+naming an engine, that engine runs the steps elsewhere and this process stays the
+run store's only writer: :mod:`~termigen_core.engine`). Every step's outcome
 is written to the run store when it happens (:class:`~termigen_core.status.StepStatus`):
 ``done`` (outputs move on), ``rejected`` (a quality gate said no: final),
 ``failed`` (an error: retried on the next resume) or left ``pending``
@@ -16,7 +18,6 @@ hands the final items to the exporters.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -25,10 +26,11 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-from .components import Exporter, Stage, instantiate
+from .components import Engine, Exporter, Stage, instantiate
 from .context import ExportContext, RunServices, StageContext
 from .contracts import check_output_kinds
-from .errors import BudgetExceeded, Cancelled, InfrastructureError, Reject, TermigenError
+from .engine import LOCAL_ENGINE, EngineRun, StepOutcome, StepRequest, execute_step
+from .errors import BudgetExceeded, Cancelled, ConfigError, InfrastructureError, TermigenError
 from .failures import classify_failure, failure_reason
 from .items import Item
 from .llm import CallScope
@@ -109,15 +111,52 @@ class Flow:
         return StageContext(self.services, index, name, item_id, CallScope(key=f"{item_id}@{index}", stage=name))
 
     def run(self) -> list[Item]:
-        """The items that finished the last stage, sorted by id."""
+        """The items that finished the last stage, sorted by id.
+
+        With ``run.engine: local`` (the default) the per-item steps run on this
+        process's thread pool; another engine is started (and checked) before any
+        step, the source step included, and runs them wherever it runs them.
+        """
+        engine = self._engine()
+        if engine is None:
+            return self._run_steps(self._step_source(self.stages[0]), None)
+        cancel = False
+        try:
+            engine.start(EngineRun(self.cfg, self.stages, self.services, self.stop, engine.config))
+            return self._run_steps(self._step_source(self.stages[0]), engine)
+        except KeyboardInterrupt:
+            cancel = True
+            raise
+        finally:
+            engine.close(cancel=cancel)
+
+    def _engine(self) -> Engine | None:
+        """The configured engine (None: the local thread pool), with its options from ``run.<name>``."""
+        name = self.cfg.run.engine
+        if name == LOCAL_ENGINE:
+            return None
+        from pydantic import ValidationError
+
+        from .config import issues_from_validation
+
+        cls = self.services.registry.get("engine", name)
+        options = getattr(self.cfg.run, name, None) or {}
+        try:
+            return instantiate(cls, options, self.services.config_dir)  # type: ignore[return-value]
+        except ValidationError as exc:
+            raise ConfigError(issues_from_validation(exc, cls.Config, f"run.{name}")) from None
+
+    def _run_steps(self, first: list[Item], engine: Engine | None) -> list[Item]:
+        """Feed the source's items through the other stages; each finished step submits its
+        outputs to the next stage at once."""
         stages, services = self.stages, self.services
-        first = self._step_source(stages[0])
         if len(stages) == 1:
             return first
         final: list[Item] = []
         started: set[int] = set()
         with ThreadPoolExecutor(max_workers=self.cfg.run.concurrency, thread_name_prefix="termigen") as pool:
             pending: dict[Future[list[Item]], int] = {}
+            remote = _RemoteSteps(self, engine) if engine is not None else None
 
             def submit(items: list[Item], index: int) -> None:
                 for item in items:
@@ -127,12 +166,19 @@ class Flow:
                         if index not in started:
                             started.add(index)
                             self._call_hook("termigen_stage_start", run_id=services.run_id, stage_index=index, stage_name=stages[index].name)
-                        pending[pool.submit(self._step, stages[index], index, item)] = index
+                        if remote is None:
+                            pending[pool.submit(self._step, stages[index], index, item)] = index
+                        else:
+                            pending[remote.submit(stages[index], index, item)] = index
 
             submit(first, 1)
             try:
                 while pending:
-                    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                    if remote is not None and remote.has_backlog:
+                        remote.flush()
+                    done, _ = wait(list(pending), timeout=remote.wait_s if remote else None, return_when=FIRST_COMPLETED)
+                    if remote is not None:
+                        remote.watch()
                     for future in done:
                         index = pending.pop(future)
                         submit(future.result(), index + 1)
@@ -140,7 +186,12 @@ class Flow:
                 self.stop.cancel(STOP_INTERRUPTED)
                 for future in pending:
                     future.cancel()
+                if remote is not None:
+                    remote.abandon()
                 raise
+            finally:
+                if remote is not None:
+                    remote.close()
         # completion order depends on timing; exports must not
         return sorted(final, key=lambda item: item.id)
 
@@ -185,9 +236,17 @@ class Flow:
         return items
 
     def _step(self, stage: Stage, index: int, item: Item) -> list[Item]:
-        """Run one (item, stage); never raises: the outcome is recorded and returned."""
+        """Run one (item, stage) here; never raises: the outcome is recorded and returned."""
+        early = self._prepare(stage, index, item)
+        if early is not None:
+            return early
+        outcome = execute_step(stage, item, self._context(index, item.id), interrupted=self.stop.interrupted)
+        return self._finish(stage, index, item, outcome)
+
+    def _prepare(self, stage: Stage, index: int, item: Item) -> list[Item] | None:
+        """A step's outputs if it need not run (done or rejected before, or the run is
+        stopping); else None, and the step is marked running."""
         store = self.services.store
-        stop = self.stop
         row = store.stage_run(item.id, index)
         if row is not None and row["status"] == StepStatus.DONE:
             self._event(index, stage, item, StepStatus.SKIPPED, None)
@@ -195,46 +254,47 @@ class Flow:
         if row is not None and row["status"] == StepStatus.REJECTED:
             self._event(index, stage, item, StepStatus.REJECTED, row["reason"])
             return []
-        if stop.cancelled.is_set():
+        if self.stop.cancelled.is_set():
             return []
         store.mark_running(item.id, index, stage.name)
-        ctx = self._context(index, item.id)
-        try:
-            outputs = checked_outputs(stage.process(item, ctx), stage)
-            if stop.interrupted():
-                # commands were cut short by Ctrl-C: this result is not the stage's real outcome
-                store.reset_stage(item.id, index)
-                return []
-        except Reject as exc:
-            if stop.interrupted():
-                store.reset_stage(item.id, index)
-                return []
-            store.finish_stage(item.id, index, StepStatus.REJECTED, reason=exc.reason, detail=json.dumps(exc.details, default=str))
-            self._event(index, stage, item, StepStatus.REJECTED, exc.reason)
-            return []
-        except BudgetExceeded as exc:
+        return None
+
+    def _finish(self, stage: Stage, index: int, item: Item, outcome: StepOutcome) -> list[Item]:
+        """Record a step's outcome (and, for a remote step, what it wrote); the outputs that move on."""
+        store = self.services.store
+        if outcome.records is not None:
+            from .step_store import apply_records
+
+            apply_records(
+                store, outcome.records, emit_llm_call=self._llm_event, call_stats=self.services.router.stats,
+                emit_sandbox_event=getattr(self.services, "on_sandbox", None),
+            )
+        status = outcome.status
+        if status == StepStatus.PENDING:
             store.reset_stage(item.id, index)
-            stop.cancel(STOP_BUDGET, str(exc))
+            if outcome.budget_message is not None:
+                self.stop.cancel(STOP_BUDGET, outcome.budget_message)
+            elif outcome.stop_error is not None:
+                self.stop.stop_for(outcome.stop_error)
             return []
-        except Cancelled:
-            # the run is stopping and the router refused a new paid call: redo the step on
-            # resume (its answered calls are in the store and replay for free)
-            store.reset_stage(item.id, index)
+        if status == StepStatus.DONE:
+            store.finish_stage(item.id, index, StepStatus.DONE, outputs=outcome.outputs)
+            self._event(index, stage, item, StepStatus.DONE, None)
+            return outcome.outputs
+        if status == StepStatus.REJECTED:
+            store.finish_stage(item.id, index, StepStatus.REJECTED, reason=outcome.reason, detail=outcome.detail)
+            self._event(index, stage, item, StepStatus.REJECTED, outcome.reason)
             return []
-        except Exception as exc:  # noqa: BLE001 - one item's failure never stops the others
-            if stop.interrupted():
-                store.reset_stage(item.id, index)
-                return []
-            reason = failure_reason(exc)
-            kind = classify_failure(exc)
-            store.finish_stage(item.id, index, StepStatus.FAILED, reason=reason, detail=traceback.format_exc(), failure_kind=kind)
-            self._event(index, stage, item, StepStatus.FAILED, reason)
-            if isinstance(exc, InfrastructureError) and exc.stops_run:
-                stop.stop_for(exc)  # no new step starts; this one is retried on resume
-            return []
-        store.finish_stage(item.id, index, StepStatus.DONE, outputs=outputs)
-        self._event(index, stage, item, StepStatus.DONE, None)
-        return outputs
+        store.finish_stage(
+            item.id, index, StepStatus.FAILED, reason=outcome.reason, detail=outcome.detail, failure_kind=outcome.failure_kind,
+        )
+        self._event(index, stage, item, StepStatus.FAILED, outcome.reason)
+        if outcome.stop_error is not None:
+            self.stop.stop_for(outcome.stop_error)  # no new step starts; this one is retried on resume
+        return []
+
+    def _llm_event(self, record: dict[str, Any]) -> None:
+        self._call_hook("termigen_llm_call", run_id=self.services.run_id, record=record)
 
     def _event(self, index: int, stage: Stage, item: Item, status: StepStatus, reason: str | None) -> None:
         self._call_hook(
@@ -242,6 +302,101 @@ class Flow:
             # hooks get the plain string, as they always have
             run_id=self.services.run_id, stage_index=index, stage_name=stage.name, item=item, status=str(status), reason=reason,
         )
+
+
+class _RemoteSteps:
+    """The driver's side of steps an engine runs elsewhere.
+
+    At most ``run.concurrency`` steps are out at once (the rest wait here, so a
+    stop drops them before they start, as on the local thread pool). Each step is
+    prepared here (skipped if done, marked running), sent with the stored answers
+    of its scope, and finished here when the engine's future completes: what the
+    step wrote and its outcome go to the store from this process only.
+    """
+
+    def __init__(self, flow: Flow, engine: Engine) -> None:
+        from collections import deque
+
+        from .step_store import StoredAnswers
+
+        self.flow = flow
+        self.engine = engine
+        self.limit = flow.cfg.run.concurrency
+        self.wait_s = engine.watch_interval_s
+        self.backlog: deque[tuple[Stage, int, Item, Future[list[Item]]]] = deque()
+        self._answers = StoredAnswers(flow.services.store)
+        self._in_flight: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, stage: Stage, index: int, item: Item) -> Future[list[Item]]:
+        out: Future[list[Item]] = Future()
+        self.backlog.append((stage, index, item, out))
+        self.flush()
+        return out
+
+    def flush(self) -> None:
+        while self.backlog:
+            with self._lock:
+                if len(self._in_flight) >= self.limit:
+                    return
+            self._send(*self.backlog.popleft())
+
+    def _send(self, stage: Stage, index: int, item: Item, out: Future[list[Item]]) -> None:
+        flow = self.flow
+        try:
+            early = flow._prepare(stage, index, item)
+            if early is not None:
+                out.set_result(early)
+                return
+            scope = flow._context(index, item.id).scope_key
+            request = StepRequest(
+                stage_index=index, stage_name=stage.name, item=item, scope=scope, uses_containers=stage.uses_executor,
+                answers=self._answers.of_scope(scope), spent_usd=flow.services.store.total_llm_cost(),
+            )
+            with self._lock:
+                self._in_flight.add((item.id, index))
+            sent = self.engine.submit(request)
+        except BaseException as exc:  # noqa: BLE001 - the loop re-raises it
+            with self._lock:
+                self._in_flight.discard((item.id, index))
+            out.set_exception(exc)
+            return
+        sent.add_done_callback(lambda done: self._finished(done, stage, index, item, out))
+
+    def _finished(self, done: Future[StepOutcome], stage: Stage, index: int, item: Item, out: Future[list[Item]]) -> None:
+        try:
+            try:
+                outcome = done.result()
+            except Exception as exc:  # noqa: BLE001 - an engine's own failure: the step is retried on resume
+                outcome = StepOutcome(
+                    StepStatus.FAILED, reason=failure_reason(exc), detail=traceback.format_exc(), failure_kind=classify_failure(exc),
+                )
+            with self._lock:
+                if (item.id, index) not in self._in_flight:
+                    return  # abandoned (Ctrl-C): already put back as pending
+                self._in_flight.discard((item.id, index))
+            out.set_result(self.flow._finish(stage, index, item, outcome))
+        except BaseException as exc:  # noqa: BLE001 - never leave the loop waiting
+            if not out.done():
+                out.set_exception(exc)
+
+    @property
+    def has_backlog(self) -> bool:
+        return bool(self.backlog)
+
+    def watch(self) -> None:
+        self.engine.watch()
+
+    def abandon(self) -> None:
+        """Ctrl-C: the steps out are put back as pending (a resume redoes them)."""
+        with self._lock:
+            lost, self._in_flight = self._in_flight, set()
+        for item_id, index in lost:
+            self.flow.services.store.reset_stage(item_id, index)
+        self.backlog.clear()
+
+    def close(self) -> None:
+        self._answers.close()
 
 
 def checked_outputs(result: Any, stage: Stage) -> list[Item]:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import click
 
     from .components import (
+        Engine,
         ErrorMode,
         Executor,
         Exporter,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         Stage,
         Verifier,
     )
+    from .config import ResolvedPipeline
     from .items import Item
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -97,6 +99,18 @@ def register_exporters() -> list[type["Exporter"]]:
     """
 
 
+@hookspec
+def register_engines() -> list[type["Engine"]]:
+    """Return the plugin's engine classes (where a run's steps execute; subclasses of ``Engine``).
+
+    Called once per process, when the registry is built. ``run.engine: NAME`` picks
+    one (default ``local``: the core's own thread pool, no component); its options
+    are ``run.NAME``. The driver stays the run store's only writer: an engine runs
+    each step's middle (``termigen_core.engine.execute_step``) elsewhere and returns
+    its outcome with what it would have written.
+    """
+
+
 # --- CLI -------------------------------------------------------------------
 
 
@@ -111,6 +125,18 @@ def register_commands(cli: "click.Group") -> None:
 
 
 # --- lifecycle events ------------------------------------------------------
+
+
+@hookspec
+def termigen_run_listeners(pipeline: "ResolvedPipeline") -> list[object]:
+    """Return objects to register as plugins for one run only (may be empty).
+
+    Called once per run, before anything else of it, with the resolved pipeline.
+    Each object implements lifecycle hooks (below) with the run's own state, is
+    unregistered when the run ends, and has its ``close()`` called if it has one.
+    The built-in executors plugin returns its image janitor here (task images
+    removed after their last stage unless ``run.keep_images``).
+    """
 
 
 @hookspec
@@ -162,6 +188,17 @@ def termigen_llm_call(run_id: str, record: dict[str, Any]) -> None:
 
 
 @hookspec
+def termigen_sandbox_event(run_id: str, item_id: str, stage_name: str, event: str, image: str) -> None:
+    """A stage opened (``event`` ``open``) or closed (``close``) a container for an item; return nothing.
+
+    Called from the worker thread that runs the step, around every ``ctx.sandbox``
+    (the executor's own sandboxes: builds are not sandboxes). ``image`` is the image
+    the container runs after the run's image aliases are applied. Live displays
+    count the containers in use with it; trackers can attribute container time.
+    """
+
+
+@hookspec
 def termigen_run_end(run_id: str, status: str, summary: dict[str, Any]) -> None:
     """A run ends; return nothing.
 
@@ -181,7 +218,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "and refuses two classes of one kind with one name, naming both plugins.",
         (
             "register_seed_sources", "register_llm_backends", "register_executors", "register_error_modes",
-            "register_verifiers", "register_stages", "register_exporters",
+            "register_verifiers", "register_stages", "register_exporters", "register_engines",
         ),
     ),
     ("CLI hook", "Plugins may add commands to `termigen`.", ("register_commands",)),
@@ -189,6 +226,9 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "Lifecycle events",
         "For loggers, trackers and dashboards. They are called from worker threads, must return "
         "quickly, and an exception in one is logged, never allowed to break a run.",
-        ("termigen_run_start", "termigen_stage_start", "termigen_item_event", "termigen_llm_call", "termigen_run_end"),
+        (
+            "termigen_run_listeners", "termigen_run_start", "termigen_stage_start", "termigen_item_event", "termigen_llm_call",
+            "termigen_sandbox_event", "termigen_run_end",
+        ),
     ),
 )

@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "termigen_plugins.backends.litellm_backend",
     "termigen_plugins.executors.docker_executor",
     "termigen_plugins.executors.images",
+    "termigen_plugins.executors.lifecycle",
     "termigen_plugins.taxonomy_builtin",
     "termigen_plugins.seed_sources.file_seeds",
     "termigen_plugins.error_modes.analysis",
@@ -64,6 +65,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "termigen_plugins.verifiers.decontaminate",
     "termigen_plugins.eval",
     "termigen_plugins.audit",
+    "termigen_plugins.viewer",
+    "termigen_plugins.engines",
 )
 BUILTIN_PREFIX = "termigen_plugins."
 

@@ -163,6 +163,10 @@ class RunProgress:
         if status in (StepStatus.REJECTED, StepStatus.FAILED) and self.stages:
             self.cancelled_steps += max(0, self.stages - 1 - stage_index)
 
+    def sandbox(self, event: str) -> None:
+        """A container opened (``open``) or closed (``close``)."""
+        self.sandboxes_open = max(0, (self.sandboxes_open or 0) + (1 if event == "open" else -1))
+
     def llm_call(self, cost: float | None) -> None:
         self.calls += 1
         self.cost += cost or 0.0
@@ -282,6 +286,12 @@ class Reporter:
     def termigen_llm_call(self, run_id: str, record: dict[str, Any]) -> None:
         with self._lock:
             self.progress.llm_call(record.get("cost_usd"))  # None: a price the backend does not know
+        self.refresh()
+
+    @hookimpl
+    def termigen_sandbox_event(self, run_id: str, item_id: str, stage_name: str, event: str, image: str) -> None:
+        with self._lock:
+            self.progress.sandbox(event)
         self.refresh()
 
     @hookimpl

@@ -35,6 +35,7 @@ How a run ends (``RunSummary.status``, a :class:`~termigen_core.status.RunStatus
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ from .report import RunSummary, assess_health, render_report, summarise
 from .runlock import RunLock
 from .status import RunStatus
 from .store import RunStore
+
+log = logging.getLogger("termigen")
 
 __all__ = ["EXIT_CODES", "RunSummary", "Runner"]
 
@@ -92,19 +95,41 @@ class Runner:
             store, run_id = open_store(self.pipeline, self.run_dir)
             invocation = store.start_invocation(self.argv)
             status: str = RunStatus.FAILED
+            listeners = self._register_run_listeners()
             try:
                 summary = self._run(store, run_id)
                 status = summary.status
                 return summary
             finally:
+                self._unregister_run_listeners(listeners)
                 store.finish_invocation(invocation, status)
                 store.close()
+
+    def _register_run_listeners(self) -> list[Any]:
+        """The plugins' per-run listeners (``termigen_run_listeners``), registered for this run only."""
+        listeners = [obj for objs in self.host.pm.hook.termigen_run_listeners(pipeline=self.pipeline) for obj in objs or []]
+        for n, listener in enumerate(listeners):
+            self.host.pm.register(listener, name=f"termigen.run-listener.{n}.{id(listener)}")
+        return listeners
+
+    def _unregister_run_listeners(self, listeners: list[Any]) -> None:
+        for listener in listeners:
+            self.host.pm.unregister(listener)
+            close = getattr(listener, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - a listener's cleanup never hides the run's outcome
+                    log.warning("a run listener's close() raised", exc_info=True)
 
     def _run(self, store: RunStore, run_id: str) -> RunSummary:
         cfg = self.cfg
         built = build_services(
             self.pipeline, self.host, self.run_dir, store, run_id, cancelled=self.cancelled,
             on_llm_call=lambda record: self._call_hook("termigen_llm_call", run_id=run_id, record=record),
+        )
+        built.services.on_sandbox = lambda item_id, stage_name, event, image: self._call_hook(
+            "termigen_sandbox_event", run_id=run_id, item_id=item_id, stage_name=stage_name, event=event, image=image,
         )
         self._call_hook("termigen_run_start", run_id=run_id, run_dir=str(self.run_dir), config=self.pipeline.redacted())
         final: list[Item] = []

@@ -3,13 +3,19 @@ loopback OpenAI-compatible server with a run store for the LLM tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.browser import browser, page  # noqa: F401 - shared fixtures for the headless-browser tests
 from support.openai_server import OpenAIServer
 
 from termigen_core.store import RunStore
+
+# Drawing report.html's plots takes seconds; the hundreds of small runs in this suite skip the
+# pages. The viewer and quickstart tests ask for them (env TERMIGEN_HTML_PAGES=1 on their runs).
+os.environ.setdefault("TERMIGEN_HTML_PAGES", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -51,7 +51,7 @@ EXAMPLE_PLUGIN_DIR = ROOT / "examples" / "termigen-example-plugin"
 # A model that needs a key finds one (config check never calls the model).
 DUMMY_KEYS = {"ANTHROPIC_API_KEY": "sk-dummy", "OPENAI_API_KEY": "sk-dummy"}
 # Subcommands that need a run directory or change the container engine: option check only.
-NOT_RUN = {("status",), ("sandbox", "prune"), ("images", "bootstrap")}
+NOT_RUN = {("status",), ("report",), ("view",), ("sandbox", "prune"), ("images", "bootstrap")}
 # Subcommands that only need an answering container engine.
 NEEDS_ENGINE = {("images", "list")}
 GLOBAL_PLUGIN_FLAGS = ("--plugin", "--disable-plugin")

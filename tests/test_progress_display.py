@@ -73,3 +73,27 @@ def test_forced_live_display_ends_with_the_counts_and_figures(tmp_path: Path) ->
     row = next(line for line in shown.splitlines() if "│ 1 ask" in line)
     cells = [c.strip() for c in row.replace("│", "|").split("|") if c.strip()]
     assert cells[:5] == ["1 ask", "2", "0", "0", "1"]  # done, skipped, rejected, failed
+
+
+def test_sandbox_events_reach_plugins_and_the_display(tmp_path: Path, docker_client) -> None:
+    """Every ctx.sandbox is one open and one close event (real containers); the display counts them."""
+    recorder = tmp_path / "recorder.py"
+    log = tmp_path / "events.txt"
+    recorder.write_text(
+        "from termigen_core import hookimpl\n"
+        f"LOG = {str(log)!r}\n"
+        "@hookimpl\n"
+        "def termigen_sandbox_event(run_id, item_id, stage_name, event, image):\n"
+        "    with open(LOG, 'a') as out:\n"
+        "        out.write(f'{item_id} {stage_name} {event} {image}\\n')\n"
+    )
+    config = write_yaml(tmp_path / "p.yaml", {
+        "version": 1, "run": {"out": str(tmp_path / "run")},
+        "stages": [{"use": "count", "with": {"n": 2}}, {"use": "shell"}],
+    })
+    result = run_cli("run", str(config), "--plugin", str(TEST_PLUGIN), "--plugin", str(recorder), "--progress", timeout=300)
+    assert result.returncode == 0, result.stderr
+    events = sorted(line.split()[:3] for line in log.read_text().splitlines())
+    assert events == [["item-000", "shell", "close"], ["item-000", "shell", "open"],
+                      ["item-001", "shell", "close"], ["item-001", "shell", "open"]]
+    assert "0 container(s) open" in result.stderr  # both closed by the end, and counted

@@ -10,6 +10,9 @@ import pytest
 
 from helpers import ROOT, read_jsonl, run_cli
 
+#: the run-end pages (report.html, browse.html), which the suite's other runs skip
+PAGES = {"TERMIGEN_HTML_PAGES": "1"}
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
@@ -19,7 +22,7 @@ def quickstart_run(tmp_path_factory):
     shutil.copy(ROOT / "examples" / "quickstart.yaml", work / "quickstart.yaml")
     shutil.copy(ROOT / "examples" / "quickstart.script.yaml", work / "quickstart.script.yaml")
     run_dir = work / "run"
-    result = run_cli("run", str(work / "quickstart.yaml"), "--out", str(run_dir), timeout=1200)
+    result = run_cli("run", str(work / "quickstart.yaml"), "--out", str(run_dir), timeout=1200, env=PAGES)
     images: set[str] = set()
     try:
         yield run_dir, result
@@ -69,6 +72,15 @@ def test_quickstart_tasks_are_validated_and_exported(quickstart_run):
     for fmt, marker in (("harbor", "task.toml"), ("tb1", "task.yaml")):
         folders = sorted(p for p in (run_dir / "export" / fmt).iterdir() if p.is_dir())
         assert len(folders) == 3 and all((f / marker).is_file() for f in folders)
+
+
+def test_quickstart_writes_its_html_pages(quickstart_run):
+    """The run itself leaves report.html and browse.html beside report.md (checked in Chromium elsewhere)."""
+    run_dir, result = quickstart_run
+    for name in ("report.html", "browse.html"):
+        page = (run_dir / name).read_text(encoding="utf-8")
+        assert page.lstrip().lower().startswith("<!doctype html>") and "</html>" in page
+    assert "<svg" in (run_dir / "report.html").read_text(encoding="utf-8")  # the plots are inline
 
 
 def test_quickstart_trajectory_recovers_from_three_error_modes(quickstart_run):

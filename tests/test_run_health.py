@@ -367,14 +367,14 @@ def test_a_run_stopping_error_stops_at_once_and_a_resume_continues(tmp_path):
     assert db_rows(run_dir, "SELECT attempts FROM stage_runs WHERE item_id='item-000'") == [(1,)]
 
 
-def litellm_pipeline(tmp_path: Path, server: OpenAIServer, *, n: int, concurrency: int = 1) -> Path:
+def litellm_pipeline(tmp_path: Path, server: OpenAIServer, *, n: int, concurrency: int = 1, direct: bool = True) -> Path:
     (tmp_path / "script.yaml").write_text('- response: "unused"\n', encoding="utf-8")
     return write_yaml(tmp_path / "pipeline.yaml", {
         "version": 1,
         "run": {"out": str(tmp_path / "run"), "concurrency": concurrency},
         "llm": {"default": {
             "backend": "litellm", "model": "openai/test-model", "api_base": server.base_url, "api_key": "sk-test-key-1234",
-            "max_retries": 1, "retry_base_s": 0, "retry_max_s": 0,
+            "max_retries": 1, "retry_base_s": 0, "retry_max_s": 0, "direct_openai": direct,
         }},
         "stages": [{"use": "count", "with": {"n": n}}, {"use": "ask"}],
     })
@@ -411,7 +411,7 @@ def test_a_refused_api_key_stops_the_run_and_a_resume_after_fixing_continues(tmp
 
 def test_litellm_logging_goes_to_run_log_only(tmp_path):
     with OpenAIServer(default=completion("fine")) as server:
-        config = litellm_pipeline(tmp_path, server, n=2, concurrency=2)
+        config = litellm_pipeline(tmp_path, server, n=2, concurrency=2, direct=False)  # litellm's own logging
         result = run_cli("run", str(config), "--plugin", str(TEST_PLUGIN))
     assert result.returncode == 0, result.stderr
     console = result.stdout + result.stderr

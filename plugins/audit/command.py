@@ -55,14 +55,14 @@ def _fail_on(value: str | None) -> set[str]:
 
 def pipeline_data(
     paths: list[Path], out: Path, *, repeats: int, concurrency: int, container_concurrency: int,
-    aliases: dict[str, str], lint: bool,
+    aliases: dict[str, str], lint: bool, keep_images: bool = False,
 ) -> dict[str, Any]:
     """The audit's pipeline, as a config mapping (what ``config.yaml`` in the run dir will hold)."""
     return {
         "version": 1,
         # every task is expected to reach the end; a run with failures is judged by the audit's gate, not run health
         "run": {"out": str(out), "concurrency": concurrency, "container_concurrency": container_concurrency,
-                "max_failed_fraction": 1.0},
+                "max_failed_fraction": 1.0, "keep_images": keep_images},
         "images": {"aliases": aliases},
         "stages": [
             {"use": "import_task_sets", "with": {"paths": [str(p) for p in paths]}},
@@ -142,7 +142,8 @@ def register(cli: click.Group) -> None:
         host = ctx.obj["host"]
         run_dir = out_dir.expanduser().resolve()
         data = pipeline_data(list(paths), run_dir, repeats=repeats, concurrency=concurrency,
-                             container_concurrency=container_concurrency, aliases=_aliases(aliases), lint=lint)
+                             container_concurrency=container_concurrency, aliases=_aliases(aliases), lint=lint,
+                             keep_images=keep_images)
         defaults = {k: v for k, v in load_user_defaults(user_dirs().user_config).items() if k in ("executor", "images")}
         pipeline = resolve_pipeline(deep_merge(defaults, data), host.registry)
         try:

@@ -162,6 +162,7 @@ class AuditStage(Stage):
     accepts = ("task",)
     produces = ("task",)
     uses_executor = True
+    uses_task_image = True
 
     config: AuditConfig
 

@@ -80,6 +80,7 @@ class EvalStage(Stage):
     produces = ("trajectory",)
     roles = ("agent",)
     uses_executor = True
+    uses_task_image = True
     config: EvalConfig
 
     def process(self, item: Item, ctx: StageContext) -> Item:

@@ -95,6 +95,52 @@ def short_id(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
+#: Repository of the images the ``build`` stage makes, one tag per task version.
+TASK_REPOSITORY = "termigen-task"
+#: Between a task tag and a run's token in that run's hold tag (a task tag never contains it).
+HOLD_SEPARATOR = "--"
+
+
+def familiar_name(ref: str) -> str:
+    """``ref`` without the registry Podman lists local names under (``localhost/``, ``docker.io/``)."""
+    for prefix in ("localhost/", "docker.io/library/", "docker.io/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix):]
+    return ref
+
+
+def is_task_image(ref: str) -> bool:
+    """Whether ``ref`` names a task image a run built (``termigen-task/...``), hold tags included."""
+    return familiar_name(ref).startswith(TASK_REPOSITORY + "/")
+
+
+def run_token(run_id: str) -> str:
+    """``run_id`` as it appears in a tag (lower case; characters a tag cannot hold become ``-``)."""
+    return re.sub(r"[^a-z0-9_.-]+", "-", run_id.lower()).strip(".-")[:100] or "run"
+
+
+def hold_tag(task_tag: str, run_id: str) -> str:
+    """The tag by which run ``run_id`` holds the image of ``task_tag``.
+
+    Identical build contexts share one image (the build cache re-tags it) and
+    two runs of one pipeline make the same task tags, so the task tag alone
+    cannot say which runs still need an image. Each run adds its own hold
+    while it uses the image and drops it when done; the task tag goes only
+    when no run holds it (see :mod:`.lifecycle`).
+    """
+    repo, tag = split_tag(task_tag)
+    return f"{repo}:{tag}{HOLD_SEPARATOR}{run_token(run_id)}"[: len(repo) + 1 + 128]
+
+
+def held_task_tag(ref: str) -> tuple[str, str] | None:
+    """``(task tag, run token)`` of a hold tag, or ``None`` for any other reference."""
+    if not is_task_image(ref):
+        return None
+    repo, tag = split_tag(familiar_name(ref))
+    base, sep, token = tag.partition(HOLD_SEPARATOR)
+    return (f"{repo}:{base}", token) if sep and token else None
+
+
 class BuildIndex:
     """The per-user SQLite index: context key → image id (and the tag it was built as)."""
 
@@ -118,6 +164,23 @@ class BuildIndex:
     def record(self, key: str, tag: str, image_id: str) -> None:
         with self._connect() as conn:
             conn.execute("INSERT OR REPLACE INTO builds VALUES (?, ?, ?, ?)", (key, tag, image_id, time.time()))
+
+    def _runs(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("CREATE TABLE IF NOT EXISTS runs (token TEXT PRIMARY KEY, run_id TEXT NOT NULL,"
+                     " run_dir TEXT NOT NULL, seen REAL NOT NULL)")
+        return conn
+
+    def record_run(self, run_id: str, run_dir: Path) -> None:
+        """Remember where run ``run_id`` lives, so ``termigen images prune --run ID`` can check its lock."""
+        with self._runs() as conn:
+            conn.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
+                         (run_token(run_id), run_id, str(run_dir.resolve()), time.time()))
+
+    def run_dir_of(self, run_id: str) -> Path | None:
+        with self._runs() as conn:
+            row = conn.execute("SELECT run_dir FROM runs WHERE token = ?", (run_token(run_id),)).fetchone()
+        return Path(row[0]) if row else None
 
 
 class ImageBuilder:

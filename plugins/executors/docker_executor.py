@@ -82,6 +82,7 @@ class DockerExecutor(Executor):
         super().__init__(config)
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
+        self._storage_path: str | None = None
 
     # -- engine connection -------------------------------------------------------------
 
@@ -257,6 +258,14 @@ class DockerExecutor(Executor):
         except docker.errors.ImageNotFound:
             return False
         return True
+
+    def storage_path(self) -> str | None:
+        """Where the engine keeps images (``docker info``'s DockerRootDir; Podman reports its graph
+        root there too): the disk the build guard watches. Asked once per executor."""
+        if self._storage_path is None:
+            info = self.client.info()
+            self._storage_path = str(info.get("DockerRootDir") or (info.get("store") or {}).get("graphRoot") or "")
+        return self._storage_path or None
 
     def build(self, context_dir: str, tag: str, *, timeout_s: float | None = None) -> BuildResult:
         """Build ``context_dir`` into ``tag``, or reuse the image built from an identical context.

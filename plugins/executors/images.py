@@ -475,4 +475,78 @@ def register_commands(cli: click.Group) -> None:
         for row in sorted(rows, key=lambda r: r["tag"]):
             click.echo(f"{row['tag']:<{width}}  {row['id']:<12}  {row['size_mb']:8.1f} MB  {row['created']}")
 
+    @images_group.command("prune")
+    @click.option("--run", "run", metavar="RUN_DIR_OR_ID", required=True,
+                  help="The run whose task images go: its run directory, or its run id.")
+    @click.option("--executor", "executor_name", default=None,
+                  help="Executor whose engine holds the images (default: the user config's, else the default executor).")
+    @click.pass_context
+    def prune_cmd(ctx: click.Context, run: str, executor_name: str | None) -> None:
+        """Remove a finished run's task images (termigen-task/*), saying what went and the space freed.
+
+        An image another run still holds, or a container still uses, stays. A run that is
+        still going on (its run directory's lock is held) is refused: its images are in use.
+        """
+        from .docker_executor import _executor_from_cli
+        from .lifecycle import human_bytes, prune_run_images
+
+        run_dir, run_id, recorded = _resolve_run(run)
+        executor = _executor_from_cli(ctx, executor_name)
+        if not hasattr(executor, "remove_image"):
+            raise click.UsageError(f"executor {executor.name!r} keeps no images; name one with --executor")
+        executor.check()
+        report = prune_run_images(executor.client, run_id, recorded)  # type: ignore[attr-defined]
+        for outcome in report.removed:
+            what = "image deleted" if outcome.deleted else "untagged; another name keeps the image"
+            click.echo(f"removed {outcome.tag} ({what})")
+        for outcome in report.kept:
+            click.echo(f"kept {outcome.tag}: {outcome.kept}")
+        deleted = sum(1 for r in report.removed if r.deleted)
+        where = f" ({run_dir})" if run_dir else ""
+        click.echo(f"run {run_id}{where}: removed {len(report.removed)} task image(s), {deleted} deleted from the "
+                   f"engine, {human_bytes(report.freed_bytes)} freed; {len(report.kept)} kept")
+
     cli.add_command(images_group)
+
+
+def _resolve_run(run: str) -> tuple[Path | None, str, set[str]]:
+    """``(run directory or None, run id, task tags its store records)`` of ``--run``.
+
+    Refuses a run whose lock is held (it is still going on). A run id is looked up in the
+    build index, where every run that removes images records its directory.
+    """
+    from termigen_core.runlock import is_locked
+    from termigen_core.store import RunStore
+    from termigen_core.userdirs import user_dirs
+
+    from .build import BuildIndex
+    from .lifecycle import recorded_task_tags
+
+    path = Path(run).expanduser()
+    if path.is_dir():
+        if not (path / "run.db").is_file():
+            raise click.UsageError(f"--run {run}: not a run directory (it has no run.db)")
+        run_dir: Path | None = path.resolve()
+        store = RunStore(path)
+        try:
+            run_id = store.get_meta("run_id")
+        finally:
+            store.close()
+        if not run_id:
+            raise click.UsageError(f"--run {run}: its run.db names no run (a run that never started)")
+    elif "/" in run or path.exists():
+        raise click.UsageError(f"--run {run}: no such run directory")
+    else:
+        run_id = run
+        run_dir = BuildIndex(user_dirs().build_index).run_dir_of(run_id)
+    recorded: set[str] = set()
+    if run_dir is not None and (run_dir / "run.db").is_file():
+        if is_locked(run_dir):
+            raise TermigenError(f"run {run_id} is still going on in {run_dir} (its lock is held): its task images "
+                                "are in use. Prune them once it has ended (or stop it first).")
+        store = RunStore(run_dir)
+        try:
+            recorded = recorded_task_tags(store)
+        finally:
+            store.close()
+    return run_dir, run_id, recorded

@@ -9,7 +9,7 @@ place with ``os.replace``, so a crash never leaves a half-written export.
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -17,7 +17,7 @@ from pydantic import Field
 from termigen_core import hookimpl
 from termigen_core.components import ComponentConfig, Exporter
 
-from .taskfiles import check_target
+from .sft import atomic_write
 
 if TYPE_CHECKING:
     from termigen_core.context import ExportContext
@@ -42,27 +42,13 @@ class JsonlExporter(Exporter):
         wanted = set(self.config.kinds)
         selected = [item for item in items if not wanted or item.kind in wanted]
         path = ctx.output_path(self.config.path)
-        check_target(path, folder=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a plain open (not mkstemp) so the file gets the usual umask permissions
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as out:
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8") as out:  # streamed: a big run's items never held as one string
                 for item in selected:
-                    record = {
-                        "id": item.id,
-                        "kind": item.kind,
-                        "data": item.data,
-                        "meta": item.meta,
-                        "parent": item.parent,
-                    }
+                    record = {"id": item.id, "kind": item.kind, "data": item.data, "meta": item.meta, "parent": item.parent}
                     out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        atomic_write(path, write)
         ctx.log("jsonl: wrote %d item(s) to %s", len(selected), path)
         return {"path": str(path), "count": len(selected)}
 

@@ -29,7 +29,6 @@ never leaves a truncated dataset behind. ``dataset.split`` splits by task.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from termigen_core import hookimpl
+from termigen_core import fileio, hookimpl
 from termigen_core.components import ComponentConfig, Exporter
 from termigen_core.config import effective_train_on
 from termigen_core.records import TrajectoryRecord
@@ -69,22 +68,22 @@ class MessagesConfig(SFTConfig):
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
+    """An export file written whole (:func:`termigen_core.fileio.atomic_write`) at a path an export may use."""
     check_target(path, folder=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    fileio.atomic_write(path, write)
 
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def exclusion_reason(record: TrajectoryRecord, min_pass_ratio: float) -> str | None:
+    """Why an SFT export leaves ``record`` out (None: it is kept); also what the run browser shows."""
+    if record.pass_ratio < min_pass_ratio:
+        return "below min_pass_ratio"
+    if not record.steps:
+        return "no steps"
+    return None
 
 
 def jsonl(rows: list[dict[str, Any]]) -> str:
@@ -107,10 +106,9 @@ class SFTExporter(Exporter):
         if invalid:
             dropped["invalid record"] += invalid
         for item, record in found:
-            if record.pass_ratio < self.config.min_pass_ratio:
-                dropped["below min_pass_ratio"] += 1
-            elif not record.steps:
-                dropped["no steps"] += 1
+            reason = exclusion_reason(record, self.config.min_pass_ratio)
+            if reason:
+                dropped[reason] += 1
             else:
                 kept.append((item, record))
         return kept, dropped

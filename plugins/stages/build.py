@@ -33,6 +33,8 @@ from termigen_core.items import Item
 from termigen_core.llm import json_model
 from termigen_core.records import BuildInfo, TaskRecord, area_files, mark_executable, record_limits, write_binaries
 from termigen_core.safepaths import Limits, UnsafePath, check_tree, write_tree
+from termigen_plugins.executors.build import TASK_REPOSITORY
+from termigen_plugins.executors.lifecycle import disk_full_in, settings_for, wait_for_disk
 
 from .synthesize import DOCKERFILE, check_dockerfile, file_listing, load_template, reserved_reason, spec_text
 
@@ -75,7 +77,7 @@ def context_hash(environment: dict[str, str], binaries: dict[str, str] | None = 
 def image_tag(item_id: str, environment: dict[str, str], binaries: dict[str, str] | None = None) -> str:
     """``termigen-task/<slug>:<hash12>``: a valid, lower-case Docker reference per task version."""
     slug = re.sub(r"[^a-z0-9]+", "-", item_id.lower()).strip("-")[:100].strip("-") or "task"
-    return f"termigen-task/{slug}:{context_hash(environment, binaries)[:12]}"
+    return f"{TASK_REPOSITORY}/{slug}:{context_hash(environment, binaries)[:12]}"
 
 
 class RepairReply(BaseModel):
@@ -135,6 +137,10 @@ class BuildStage(Stage):
             # binary files byte for byte, before the executor hashes the context for its cache key
             write_binaries(record, {"environment": context}, ctx.store.read_artifact)
             mark_executable(record, {"environment": context})
+            # below the run's free-disk floor a build waits (a full disk fails every build, and
+            # a half-written image can corrupt the engine's storage): see executors/lifecycle.py
+            wait_for_disk(ctx.executor, settings_for(ctx.run_id), ctx.run_dir, say=ctx.log,
+                          cancelled=lambda: ctx.cancelled)
             result = ctx.executor.build(str(context), tag, timeout_s=self.config.build_timeout_s)
             ctx.store.put_artifact(
                 result.log.encode("utf-8", "replace"), item_id=item.id, stage_index=ctx.stage_index,
@@ -149,6 +155,15 @@ class BuildStage(Stage):
                 return item.with_task(updated, build_attempts=attempt)
             error = clip((result.error or "the build failed without an error message").strip())
             errors.append(error)
+            full = disk_full_in(result.error or "")
+            if full is not None:
+                # no repair can fix the machine's disk, and every other build fails the same way
+                raise InfrastructureError(
+                    f"the build ran out of disk space ({full}); free space on the container engine's disk "
+                    "(`termigen images prune --run RUN_DIR` removes a finished run's task images), then re-run "
+                    "the same command: the step is retried",
+                    stops_run=True,
+                )
             ctx.log("build attempt %d of %d failed: %s", attempt, self.config.max_attempts, error.splitlines()[-1] if error else "")
             if attempt == self.config.max_attempts:
                 break

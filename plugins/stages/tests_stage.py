@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from termigen_core import hookimpl
+from termigen_core import hookimpl, pysource
 from termigen_core.components import ComponentConfig, Stage
 from termigen_core.errors import ParseError, Reject
 from termigen_core.items import Item
@@ -79,8 +79,8 @@ def parse_test_files(text: str) -> dict[str, str]:
         if not path.endswith(".py"):
             continue
         try:
-            tree = ast.parse(source, filename=path)
-            compile(tree, path, "exec")
+            tree = pysource.parse(source, filename=path)
+            pysource.compile_module(tree, path)
         except SyntaxError as exc:
             raise ParseError(f"{path} does not compile: {exc.msg} (line {exc.lineno})") from exc
         if _is_test_module(path) and _has_test(tree):

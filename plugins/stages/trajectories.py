@@ -128,6 +128,7 @@ class TrajectoriesStage(Stage):
     produces = ("trajectory",)
     roles = ("agent", "critic")
     uses_executor = True
+    uses_task_image = True
 
     config: TrajectoriesConfig
 

@@ -215,6 +215,7 @@ class ValidateStage(Stage):
     produces = ("task",)
     roles = ("solver", "test_generator")
     uses_executor = True
+    uses_task_image = True
 
     @property
     def cfg(self) -> ValidateConfig:

@@ -20,7 +20,7 @@ import shlex
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Iterable
 
-from termigen_core import hookimpl
+from termigen_core import hookimpl, pysource
 from termigen_core.components import Finding, Verifier
 from termigen_core.dockerfile import Instruction, copy_sources, from_images, parse
 from termigen_core.records import TaskRecord
@@ -220,7 +220,7 @@ def weak_test_findings(tests: dict[str, str]) -> list[Finding]:
             continue
         where = f"tests/{path}"
         try:
-            tree = ast.parse(text, filename=path)
+            tree = pysource.parse(text, filename=path)
         except SyntaxError as exc:
             findings.append(Finding(ERROR, f"does not parse: {exc.msg} (line {exc.lineno})", where))
             continue

@@ -95,6 +95,8 @@ class _State:
     default: Behaviour = field(default_factory=lambda: completion("default reply"))
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    #: The client's port for each request (one port per TCP connection), in request order.
+    peer_ports: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -120,6 +122,7 @@ class _Handler(LoopbackHandler):
         with state.lock:
             state.requests.append(body)
             state.headers.append({k.lower(): v for k, v in self.headers.items()})
+            state.peer_ports.append(int(self.client_address[1]))
             behaviour = state.queue.popleft() if state.queue else state.default
         if behaviour.delay_s:
             time.sleep(behaviour.delay_s)
@@ -192,6 +195,12 @@ class OpenAIServer(LoopbackServer):
         """Answer the next requests with these behaviours, in order."""
         with self._state.lock:
             self._state.queue.extend(behaviours)
+
+    @property
+    def peer_ports(self) -> list[int]:
+        """The client port of every request, oldest first: requests on one connection share it."""
+        with self._state.lock:
+            return list(self._state.peer_ports)
 
     def set_default(self, behaviour: Behaviour) -> None:
         """The answer used when the queue is empty."""
