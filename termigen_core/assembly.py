@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 
 from .components import Stage, instantiate
-from .config import ResolvedPipeline
+from .config import PipelineConfig, ResolvedPipeline
 from .context import ImagePolicy, RunServices
 from .errors import MissingSecret, RunDirectoryMismatch
 from .failures import failure_reason
 from .llm import LLMRouter, role_backend_options
-from .plugins import PluginHost
+from .plugins import ComponentRegistry, PluginHost
 from .sandbox import LABEL_RUN, SandboxSpec
 from .store import RunStore
 
@@ -89,6 +89,33 @@ def check_environment(pipeline: ResolvedPipeline, host: PluginHost) -> None:
         raise MissingSecret("cannot start the run:\n  " + "\n  ".join(problems))
 
 
+def build_router(
+    cfg: PipelineConfig, registry: ComponentRegistry, store: Any, *, config_dir: Path,
+    on_call: Any, cancelled: threading.Event,
+) -> LLMRouter:
+    """The run's LLM router: the config's roles and backends, the budget, the user cache; ``store``
+    is the run store on the driver, or what a remote step records into (an engine's worker)."""
+    user_cache = None
+    if cfg.run.user_llm_cache:
+        from .usercache import UserLLMCache
+        from .userdirs import user_dirs
+
+        user_cache = UserLLMCache(user_dirs().llm_cache)
+    return LLMRouter(
+        default=cfg.llm.default,
+        roles=cfg.llm.roles,
+        backends={name: registry.get("llm_backend", name) for name in registry.names("llm_backend")},  # type: ignore[misc]
+        store=store,
+        budget_usd=cfg.run.budget_usd,
+        max_concurrent_calls=cfg.run.llm_concurrency,
+        backend_options=cfg.llm.backends,
+        on_call=on_call,
+        user_cache=user_cache,
+        base_dir=config_dir,
+        cancelled=cancelled,  # after Ctrl-C no new paid call starts
+    )
+
+
 def build_services(
     pipeline: ResolvedPipeline,
     host: PluginHost,
@@ -103,25 +130,7 @@ def build_services(
     engine is checked (and this run's orphaned containers removed) if a stage uses it."""
     cfg = pipeline.config
     registry = host.registry
-    user_cache = None
-    if cfg.run.user_llm_cache:
-        from .usercache import UserLLMCache
-        from .userdirs import user_dirs
-
-        user_cache = UserLLMCache(user_dirs().llm_cache)
-    router = LLMRouter(
-        default=cfg.llm.default,
-        roles=cfg.llm.roles,
-        backends={name: registry.get("llm_backend", name) for name in registry.names("llm_backend")},  # type: ignore[misc]
-        store=store,
-        budget_usd=cfg.run.budget_usd,
-        max_concurrent_calls=cfg.run.llm_concurrency,
-        backend_options=cfg.llm.backends,
-        on_call=on_llm_call,
-        user_cache=user_cache,
-        base_dir=pipeline.config_dir,
-        cancelled=cancelled,  # after Ctrl-C no new paid call starts
-    )
+    router = build_router(cfg, registry, store, config_dir=pipeline.config_dir, on_call=on_llm_call, cancelled=cancelled)
 
     def make_executor() -> Any:
         cls, options = pipeline.executor

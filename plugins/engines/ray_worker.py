@@ -69,9 +69,9 @@ class WorkerRun:
     """One invocation's services in this worker process."""
 
     def __init__(self, setup: WorkerSetup) -> None:
+        from termigen_core.assembly import build_router
         from termigen_core.components import instantiate
         from termigen_core.context import ImagePolicy, RunServices
-        from termigen_core.llm import LLMRouter
         from termigen_core.sandbox import SandboxSpec
 
         cfg = setup.cfg
@@ -80,24 +80,9 @@ class WorkerRun:
         self.setup = setup
         self.store = _CurrentStep()
         self.cancelled = threading.Event()  # the driver cancels a step by cancelling its Ray task
-        user_cache = None
-        if cfg.run.user_llm_cache:
-            from termigen_core.usercache import UserLLMCache
-            from termigen_core.userdirs import user_dirs
-
-            user_cache = UserLLMCache(user_dirs().llm_cache)
-        router = LLMRouter(
-            default=cfg.llm.default,
-            roles=cfg.llm.roles,
-            backends={name: registry.get("llm_backend", name) for name in registry.names("llm_backend")},  # type: ignore[misc]
-            store=self.store,  # type: ignore[arg-type]
-            budget_usd=cfg.run.budget_usd,
-            max_concurrent_calls=cfg.run.llm_concurrency,
-            backend_options=cfg.llm.backends,
-            on_call=lambda record: self.store.records.llm_events.append(record),
-            user_cache=user_cache,
-            base_dir=config_dir,
-            cancelled=self.cancelled,
+        router = build_router(
+            cfg, registry, self.store, config_dir=config_dir,
+            on_call=lambda record: self.store.records.llm_events.append(record), cancelled=self.cancelled,
         )
         executor_ref = cfg.executor
         assert executor_ref is not None  # the config's second pass names one

@@ -71,18 +71,13 @@ def agent_version() -> str:
     return name.split(" ", 1)[1] if " " in name else "unknown"
 
 
+#: The fields of a step that go to ``extra.termigen`` (its text is the ATIF step itself; tokens are ``metrics``).
+STEP_LABELS = {"index", "intent", "error_mode", "critic", "regenerations", "exit_code", "timed_out", "duration_s"}
+
+
 def step_labels(step: Step, step_ids: dict[int, int]) -> dict[str, Any]:
     """The generator's labels of one step, for ``extra.termigen`` (never in the message text)."""
-    labels: dict[str, Any] = {
-        "index": step.index,
-        "intent": step.intent,
-        "error_mode": step.error_mode,
-        "critic": [verdict.model_dump() for verdict in step.critic],
-        "regenerations": step.regenerations,
-        "exit_code": step.exit_code,
-        "timed_out": step.timed_out,
-        "duration_s": step.duration_s,
-    }
+    labels = step.model_dump(include=STEP_LABELS)
     if step.recovers_from is not None:
         labels["recovers_from"] = step.recovers_from
         labels["recovers_from_step_id"] = step_ids.get(step.recovers_from)
@@ -216,7 +211,7 @@ class AtifExporter(Exporter):
     """Trajectories as Harbor ATIF files, injected-error labels as step ``extra``."""
 
     name = "atif"
-    description = "Trajectories in Harbor's Agent Trajectory Interchange Format (ATIF), one JSON file each."
+    description = "Trajectories in Harbor's Agent Trajectory Interchange Format (ATIF): a file each, or a Harbor job folder."
     Config = AtifConfig
 
     config: AtifConfig

@@ -111,22 +111,9 @@ class TaskView(BaseModel):
     detail: str = Field(default="", description="what the stage that rejected or failed it recorded")
 
 
-class StepView(BaseModel):
-    """One turn of a trajectory, with its labels and its training weight."""
+class StepView(Step):
+    """One turn of a trajectory (the stored step, long texts clipped), with who recovers it and its training weight."""
 
-    index: int
-    intent: str
-    error_mode: str | None = None
-    thought: str = ""
-    action: str = "bash"
-    command: str | None = None
-    output: str = ""
-    exit_code: int | None = None
-    timed_out: bool = False
-    duration_s: float = 0.0
-    critic: list[CriticVerdict] = Field(default_factory=list)
-    regenerations: int = 0
-    recovers_from: int | None = None
     recovered_by: list[int] = Field(default_factory=list, description="steps that diagnose this injected error")
     weight: int = Field(description="the assistant turn's training weight under dataset.train_on")
 
@@ -449,19 +436,13 @@ def trajectory_view(
 def _step_view(step: Step, train_on: str, recovered_by: list[int]) -> StepView:
     # built from a validated Step: model_construct skips validating it again (a big run has ~10^5 steps)
     return StepView.model_construct(
-        index=step.index,
-        intent=step.intent,
-        error_mode=step.error_mode,
-        thought=clip(step.thought),
-        action=step.action,
-        command=clip(step.command) if step.command is not None else None,
-        output=clip(step.output),
-        exit_code=step.exit_code,
-        timed_out=step.timed_out,
-        duration_s=step.duration_s,
-        critic=[CriticVerdict.model_construct(accepted=v.accepted, feedback=clip(v.feedback)) for v in step.critic],
-        regenerations=step.regenerations,
-        recovers_from=step.recovers_from,
+        **{
+            **step.__dict__,
+            "thought": clip(step.thought),
+            "command": clip(step.command) if step.command is not None else None,
+            "output": clip(step.output),
+            "critic": [CriticVerdict.model_construct(accepted=v.accepted, feedback=clip(v.feedback)) for v in step.critic],
+        },
         recovered_by=recovered_by,
         weight=step_weight(step, train_on),
     )
