@@ -321,6 +321,9 @@ class Stage(Component):
 
     kind = "stage"
     source: ClassVar[bool] = False
+    #: A source stage that can be asked again for items it has not produced yet
+    #: (``ctx.draw`` > 0): what a campaign (``run.target``) needs of the first stage.
+    draws_again: ClassVar[bool] = False
     #: Item kinds this stage accepts (empty: any). Checked when the config is validated.
     accepts: ClassVar[tuple[str, ...]] = ()
     #: Item kinds this stage returns (empty: the input's kind). Checked when the config

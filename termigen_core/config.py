@@ -27,7 +27,7 @@ from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from .components import KINDS, ComponentConfig, ComponentRef, default_component, iter_refs, resolve_relative_paths
 from .errors import ComponentNotFound, ConfigError, ConfigIssue
@@ -42,6 +42,40 @@ ENV_REF = "$env"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class TargetSection(_Section):
+    """A campaign's goal (``run.target``): keep drawing seeds until it is met.
+
+    Counted at the last stage whose outputs are of the goal's kind (``task`` for
+    ``verified_tasks``, ``trajectory`` for ``trajectories``); the budget and
+    ``max_draws`` are the hard stops.
+    """
+
+    verified_tasks: int | None = Field(
+        default=None, ge=1, description="tasks that passed the last stage that hands on tasks (e.g. verify)",
+    )
+    trajectories: int | None = Field(
+        default=None, ge=1, description="trajectories that finished the last stage that hands on trajectories",
+    )
+    max_draws: int = Field(
+        default=50, ge=1,
+        description="draws of the source stage at most (the first included): a stop for models whose spend is unknown",
+    )
+
+    @model_validator(mode="after")
+    def _some_goal(self) -> TargetSection:
+        if self.verified_tasks is None and self.trajectories is None:
+            raise ValueError("name a goal: verified_tasks: N and/or trajectories: N")
+        return self
+
+    def goals(self) -> dict[str, int]:
+        """Goal name → count wanted, for the goals that are set."""
+        return {name: wanted for name in TARGET_KINDS if (wanted := getattr(self, name)) is not None}
+
+
+#: ``run.target`` goal → the item kind it counts.
+TARGET_KINDS = {"verified_tasks": "task", "trajectories": "trajectory"}
 
 
 class RunSection(_Section):
@@ -87,6 +121,11 @@ class RunSection(_Section):
     disk_wait_s: float = Field(
         default=600.0, gt=0,
         description="how long a build waits for free disk before its step fails as an infrastructure error (retried on resume)",
+    )
+    target: TargetSection | None = Field(
+        default=None,
+        description="a campaign: draw more seeds until this many verified tasks and/or trajectories exist "
+        "(the budget and max_draws stop it first; the run then says how far it got)",
     )
 
 
@@ -685,6 +724,9 @@ def resolve_pipeline(
     from .contracts import stage_chain_issues
 
     issues += stage_chain_issues(config.stages, registry)  # each stage accepts what the one before produces
+    from .campaign import counting_stages
+
+    issues += counting_stages(config, registry)[1]  # run.target counts something this pipeline makes
     exports = []
     for index, ref in enumerate(config.exports):
         found, problems = _check_component(registry, "exporter", ref, f"exports[{index}]", base_dir)

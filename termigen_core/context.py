@@ -143,6 +143,9 @@ class StageContext:
     stage_name: str
     item_id: str
     scope: "CallScope"
+    #: A source stage's draw: 0 the first time; a campaign (``run.target``) asks it again with
+    #: 1, 2... and expects items it has not produced before (``store.source_outputs`` has them).
+    draw: int = 0
 
     @property
     def run_id(self) -> str:

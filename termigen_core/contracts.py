@@ -16,7 +16,7 @@ Rules (also in :class:`~termigen_core.components.Stage` and docs/architecture.md
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigIssue
@@ -36,26 +36,56 @@ def stage_chain_issues(refs: Sequence[Any], registry: ComponentRegistry) -> list
     cannot take what the stages before it produce. Unknown stage names are skipped (they
     are reported elsewhere)."""
     issues: list[ConfigIssue] = []
-    incoming: frozenset[str] | None = None  # None: unknown (nothing declared so far)
-    producer = ""  # "stage 'x' (stages[i])", who last declared the kinds in ``incoming``
-    known = set(registry.names("stage"))
-    for index, ref in enumerate(refs):
-        if ref.use not in known:
-            incoming, producer = None, ""
+    for index, (ref, cls, incoming, producer) in enumerate(_walk(refs, registry)):
+        if cls is None or index == 0:
             continue
-        cls = registry.get("stage", ref.use)
         accepts = frozenset(getattr(cls, "accepts", ()) or ())
-        if index > 0 and accepts and incoming is not None and not incoming <= accepts:
+        if accepts and incoming is not None and not incoming <= accepts:
             issues.append(ConfigIssue(
                 f"stages[{index}].use",
                 f"stage {ref.use!r} accepts {_kinds(accepts)} items, but {producer} produces {_kinds(incoming)}",
             ))
+    return issues
+
+
+def stage_output_kinds(refs: Sequence[Any], registry: ComponentRegistry) -> list[frozenset[str] | None]:
+    """The item kinds each stage of ``refs`` hands on (None: not declared anywhere up to it).
+
+    A stage that declares no ``produces`` passes on what it was given, so a
+    pipeline's ``validate`` or ``verify`` steps hand on ``task`` items even when
+    only ``synthesize`` says so. ``run.target`` counts at the last stage whose
+    outputs are of the target's kind.
+    """
+    kinds: list[frozenset[str] | None] = []
+    for _ref, cls, incoming, _producer in _walk(refs, registry):
+        produces = frozenset(getattr(cls, "produces", ()) or ()) if cls is not None else frozenset()
+        if produces:
+            kinds.append(produces)
+        elif cls is None or getattr(cls, "source", False):
+            kinds.append(None)
+        else:
+            kinds.append(incoming)
+    return kinds
+
+
+def _walk(refs: Sequence[Any], registry: ComponentRegistry) -> Iterator[tuple[Any, type | None, frozenset[str] | None, str]]:
+    """Each stage ref with its class (None: unknown name) and the kinds the stages before it hand
+    it (None: unknown), with who last declared them ("stage 'x' (stages[i])")."""
+    incoming: frozenset[str] | None = None
+    producer = ""
+    known = set(registry.names("stage"))
+    for index, ref in enumerate(refs):
+        if ref.use not in known:
+            yield ref, None, incoming, producer
+            incoming, producer = None, ""
+            continue
+        cls = registry.get("stage", ref.use)
+        yield ref, cls, incoming, producer
         produces = frozenset(getattr(cls, "produces", ()) or ())
         if produces:
             incoming, producer = produces, f"stage {ref.use!r} (stages[{index}])"
         elif getattr(cls, "source", False):
             incoming, producer = None, ""
-    return issues
 
 
 def check_output_kinds(stage: Stage, outputs: list[Item]) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
+from .campaign import Campaign
 from .components import Engine, Exporter, Stage, instantiate
 from .context import ExportContext, RunServices, StageContext
 from .contracts import check_output_kinds
@@ -35,7 +36,7 @@ from .failures import classify_failure, failure_reason
 from .items import Item
 from .llm import CallScope
 from .status import StepStatus
-from .store import SOURCE_ITEM
+from .store import source_item
 
 if TYPE_CHECKING:
     from .config import PipelineConfig, ResolvedPipeline
@@ -105,10 +106,13 @@ class Flow:
         self.services = services
         self.stop = stop
         self._call_hook = hook
+        #: ``run.target``'s progress (None: the source stage runs once)
+        self.campaign = Campaign.of(cfg, services.registry)
+        self._drawn: set[str] = set()
 
-    def _context(self, index: int, item_id: str) -> StageContext:
+    def _context(self, index: int, item_id: str, draw: int = 0) -> StageContext:
         name = self.cfg.stages[index].use
-        return StageContext(self.services, index, name, item_id, CallScope(key=f"{item_id}@{index}", stage=name))
+        return StageContext(self.services, index, name, item_id, CallScope(key=f"{item_id}@{index}", stage=name), draw)
 
     def run(self) -> list[Item]:
         """The items that finished the last stage, sorted by id.
@@ -119,11 +123,11 @@ class Flow:
         """
         engine = self._engine()
         if engine is None:
-            return self._run_steps(self._step_source(self.stages[0]), None)
+            return self._run_steps(self._source_draws(), None)
         cancel = False
         try:
             engine.start(EngineRun(self.cfg, self.stages, self.services, self.stop, engine.config))
-            return self._run_steps(self._step_source(self.stages[0]), engine)
+            return self._run_steps(self._source_draws(), engine)
         except KeyboardInterrupt:
             cancel = True
             raise
@@ -149,14 +153,16 @@ class Flow:
     def _run_steps(self, first: list[Item], engine: Engine | None) -> list[Item]:
         """Feed the source's items through the other stages; each finished step submits its
         outputs to the next stage at once."""
-        stages, services = self.stages, self.services
+        stages, services, campaign = self.stages, self.services, self.campaign
         if len(stages) == 1:
             return first
         final: list[Item] = []
         started: set[int] = set()
         with ThreadPoolExecutor(max_workers=self.cfg.run.concurrency, thread_name_prefix="termigen") as pool:
-            pending: dict[Future[list[Item]], int] = {}
+            #: each future: the stage it runs and its input (a draw of the source stage: index 0, no item)
+            pending: dict[Future[list[Item]], tuple[int, Item | None]] = {}
             remote = _RemoteSteps(self, engine) if engine is not None else None
+            drawing = False
 
             def submit(items: list[Item], index: int) -> None:
                 for item in items:
@@ -166,22 +172,39 @@ class Flow:
                         if index not in started:
                             started.add(index)
                             self._call_hook("termigen_stage_start", run_id=services.run_id, stage_index=index, stage_name=stages[index].name)
+                        if campaign is not None:
+                            campaign.queued(item)
                         if remote is None:
-                            pending[pool.submit(self._step, stages[index], index, item)] = index
+                            pending[pool.submit(self._step, stages[index], index, item)] = (index, item)
                         else:
-                            pending[remote.submit(stages[index], index, item)] = index
+                            pending[remote.submit(stages[index], index, item)] = (index, item)
 
             submit(first, 1)
             try:
-                while pending:
+                while True:
+                    if (
+                        campaign is not None and not drawing and not self.stop.cancelled.is_set()
+                        and campaign.should_draw(len(pending), self.cfg.run.concurrency)
+                    ):
+                        drawing = True
+                        pending[pool.submit(self._draw, campaign.draws)] = (0, None)
+                    if not pending:
+                        break
                     if remote is not None and remote.has_backlog:
                         remote.flush()
                     done, _ = wait(list(pending), timeout=remote.wait_s if remote else None, return_when=FIRST_COMPLETED)
                     if remote is not None:
                         remote.watch()
                     for future in done:
-                        index = pending.pop(future)
-                        submit(future.result(), index + 1)
+                        index, item = pending.pop(future)
+                        outputs = future.result()
+                        if item is None:
+                            drawing = False
+                        elif campaign is not None:
+                            campaign.finished(item, index, outputs)
+                        submit(outputs, index + 1)
+                        if item is not None and campaign is not None:
+                            campaign.settle(item)
             except KeyboardInterrupt:
                 self.stop.cancel(STOP_INTERRUPTED)
                 for future in pending:
@@ -195,14 +218,56 @@ class Flow:
         # completion order depends on timing; exports must not
         return sorted(final, key=lambda item: item.id)
 
-    def _step_source(self, stage: Stage) -> list[Item]:
-        """Run the source stage once; again on a resume if it is not done, or if it recorded
+    def _source_draws(self) -> list[Item]:
+        """The source stage's first draw, then every later draw a campaign made before: a resume
+        replays them all, so their items are finished and exported whatever the target says now."""
+        stage = self.stages[0]
+        items = self._new_items(0, self._step_source(stage, 0))
+        for draw, _row in self.services.store.source_draws(0):
+            if draw > 0:
+                items += self._new_items(draw, self._step_source(stage, draw))
+        return items
+
+    def _new_items(self, draw: int, items: list[Item]) -> list[Item]:
+        """The items of a draw that no earlier draw produced (a source that repeats itself adds nothing)."""
+        fresh = [item for item in items if item.id not in self._drawn]
+        self._drawn.update(item.id for item in fresh)
+        if self.campaign is not None:
+            self.campaign.drew(draw, fresh)
+        return fresh
+
+    def _draw(self, draw: int) -> list[Item]:
+        """A campaign's next draw (on a pool thread); never raises: a failure ends the drawing, says why,
+        and leaves the draw failed in the store, so the same command retries it."""
+        campaign = self.campaign
+        assert campaign is not None
+        log.info("stage 0 %s: draw %d for run.target (so far: %s)", self.stages[0].name, draw + 1, campaign.progress())
+        try:
+            return self._new_items(draw, self._step_source(self.stages[0], draw))
+        except BudgetExceeded as exc:
+            self.stop.cancel(STOP_BUDGET, str(exc))
+        except Cancelled:
+            pass
+        except InfrastructureError as exc:
+            if exc.stops_run:
+                self.stop.stop_for(exc)
+            campaign.stop_drawing(f"draw {draw + 1} failed: {failure_reason(exc)} (run the same command again to retry it)")
+        except TermigenError as exc:
+            campaign.stop_drawing(f"draw {draw + 1} failed: {failure_reason(exc)}")
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug: the loop must go on finishing the items in flight
+            log.error("stage 0 %s: draw %d failed: %s", self.stages[0].name, draw + 1, failure_reason(exc))
+            campaign.stop_drawing(f"draw {draw + 1} failed: {failure_reason(exc)}")
+        return []
+
+    def _step_source(self, stage: Stage, draw: int = 0) -> list[Item]:
+        """Run one draw of the source stage; again on a resume if it is not done, or if it recorded
         failed parts (a taxonomy category whose call failed): the stored LLM answers of the
         parts that worked are replayed for free, and only the failed parts are asked again."""
         services = self.services
         store = services.store
-        row = store.stage_run(SOURCE_ITEM, 0)
-        retry = store.failed_parts(0)
+        step_id = source_item(draw)
+        row = store.stage_run(step_id, 0)
+        retry = store.failed_parts(0, draw)
         rerun = row is not None and row["status"] == StepStatus.DONE
         if rerun:
             if not retry:
@@ -212,27 +277,28 @@ class Flow:
                 stage.name, len(retry), ", ".join(r["item_id"] for r in retry[:10]),
             )
         started = time.time()
-        self._call_hook("termigen_stage_start", run_id=services.run_id, stage_index=0, stage_name=stage.name)
-        store.mark_running(SOURCE_ITEM, 0, stage.name)
-        ctx = self._context(0, SOURCE_ITEM)
+        if draw == 0:
+            self._call_hook("termigen_stage_start", run_id=services.run_id, stage_index=0, stage_name=stage.name)
+        store.mark_running(step_id, 0, stage.name)
+        ctx = self._context(0, step_id, draw)
         try:
             items = checked_outputs(stage.produce(ctx), stage)
         except (BudgetExceeded, Cancelled):
             if rerun:  # keep what the stage had done; its failed parts stay failed for the next resume
-                store.finish_stage(SOURCE_ITEM, 0, StepStatus.DONE, outputs=store.outputs_of(row))  # type: ignore[arg-type]
+                store.finish_stage(step_id, 0, StepStatus.DONE, outputs=store.outputs_of(row))  # type: ignore[arg-type]
             else:
-                store.reset_stage(SOURCE_ITEM, 0)
+                store.reset_stage(step_id, 0)
             raise
         except Exception as exc:
             store.finish_stage(
-                SOURCE_ITEM, 0, StepStatus.FAILED, reason=failure_reason(exc), detail=traceback.format_exc(),
+                step_id, 0, StepStatus.FAILED, reason=failure_reason(exc), detail=traceback.format_exc(),
                 failure_kind=classify_failure(exc),
             )
             if isinstance(exc, TermigenError):
                 raise
             raise TermigenError(f"the first stage ({stage.name}) failed: {failure_reason(exc)}") from exc
-        store.forget_failed_parts(0, before=started)  # parts that failed before and worked now
-        store.finish_stage(SOURCE_ITEM, 0, StepStatus.DONE, outputs=items)
+        store.forget_failed_parts(0, before=started, draw=draw)  # parts that failed before and worked now
+        store.finish_stage(step_id, 0, StepStatus.DONE, outputs=items)
         return items
 
     def _step(self, stage: Stage, index: int, item: Item) -> list[Item]:

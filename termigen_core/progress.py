@@ -262,13 +262,12 @@ class Reporter:
 
     def _source_items(self) -> int | None:
         """How many items the source stage produced (stage 1 starts once it has): the ETA's base."""
-        from .store import SOURCE_ITEM, RunStore
+        from .store import RunStore
 
         try:
             store = RunStore(self.run_dir)
             try:
-                row = store.stage_run(SOURCE_ITEM, 0)
-                return len(store.outputs_of(row)) if row is not None else None
+                return len(store.source_outputs(0)) if store.source_draws(0) else None
             finally:
                 store.close()
         except Exception:  # noqa: BLE001 - the display never breaks a run

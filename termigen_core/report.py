@@ -20,7 +20,7 @@ from .config import ResolvedPipeline
 from .items import Item
 from .llm import LLMRouter
 from .status import FailureKind, StepStatus
-from .store import SOURCE_ITEM, RunStore
+from .store import RunStore
 
 log = logging.getLogger("termigen")
 
@@ -42,6 +42,8 @@ class RunSummary:
     infrastructure_failures: list[dict[str, Any]] = field(default_factory=list)
     #: What the exit code is judged on (see :func:`assess_health`).
     health: dict[str, Any] = field(default_factory=dict)
+    #: A campaign's goals and how far it got (``run.target``; None without one).
+    target: dict[str, Any] | None = None
     exit_code: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -121,9 +123,7 @@ def assess_health(store: RunStore, final_items: int, max_failed_fraction: float)
         finished.add(row["item_id"])
         if row["status"] == StepStatus.FAILED and failed.get(row["item_id"]) != FailureKind.INFRASTRUCTURE:
             failed[row["item_id"]] = row["failure_kind"] or FailureKind.TASK
-    source = store.stage_run(SOURCE_ITEM, 0)
-    if source is not None and source["status"] == StepStatus.DONE:
-        finished.update(item.id for item in store.outputs_of(source))
+    finished.update(item.id for item in store.source_outputs(0))
     infrastructure = sum(1 for kind in failed.values() if kind == FailureKind.INFRASTRUCTURE)
     fraction = len(failed) / len(finished) if finished else 0.0
     problems = []
@@ -168,6 +168,11 @@ def render_report(summary: RunSummary) -> str:
             f"final items: {summary.final_items}; exit code {summary.exit_code}."
         )
         lines += ["", health_line]
+    if summary.target:
+        goals = ", ".join(f"{g['reached']} of {g['wanted']} {name.replace('_', ' ')}" for name, g in summary.target["goals"].items())
+        state = "met" if summary.target["met"] else "not met"
+        ended = f"; {summary.target['ended']}" if summary.target["ended"] and not summary.target["met"] else ""
+        lines += ["", f"Target ({state}): {goals}, after {summary.target['draws']} draw(s) of the source stage{ended}."]
     details = [(s["index"], s["stage"], s["details"]) for s in summary.stages if s.get("details")]
     for index, name, figures in details:
         lines += ["", f"## {index} {name}", "", "```json", json.dumps(figures, indent=2, default=str), "```"]

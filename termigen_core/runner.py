@@ -21,9 +21,10 @@ How a run ends (``RunSummary.status``, a :class:`~termigen_core.status.RunStatus
 ==========================  ====  ==================================================
 ``completed``               0     finished; something was produced and the failed
                                   share is within ``run.max_failed_fraction``
-``completed_with_problems`` 5     finished, but no final item, or too many items
-                                  failed (:func:`~termigen_core.report.assess_health`);
-                                  the message says which
+``completed_with_problems`` 5     finished, but no final item, too many items
+                                  failed (:func:`~termigen_core.report.assess_health`),
+                                  or ``run.target`` not met (the source ran out,
+                                  ``max_draws``); the message says which
 ``failed``                  1     the first stage or an exporter failed
 ``stopped``                 1     an infrastructure error stopped the run (4 if it was
                                   the container engine); resumable
@@ -134,8 +135,9 @@ class Runner:
         self._call_hook("termigen_run_start", run_id=run_id, run_dir=str(self.run_dir), config=self.pipeline.redacted())
         final: list[Item] = []
         status, message, exit_code = RunStatus.COMPLETED, "", None
+        flow = Flow(cfg, built.stages, built.services, self.stop, self._call_hook)
         try:
-            final = Flow(cfg, built.stages, built.services, self.stop, self._call_hook).run()
+            final = flow.run()
         except KeyboardInterrupt:
             self.cancel(STOP_INTERRUPTED)
         except Cancelled:  # from a source stage: the stop reason is already set
@@ -157,11 +159,19 @@ class Runner:
             if any("error" in e for e in exports) and status == RunStatus.COMPLETED:
                 status, message = RunStatus.FAILED, "an exporter failed (see exports)"
         health = assess_health(store, len(final), cfg.run.max_failed_fraction)
+        campaign = flow.campaign
+        if campaign is not None and not campaign.met():
+            # a target not met is a problem of a finished run; a stopped run says how far it got
+            if status == RunStatus.COMPLETED:
+                health["problems"].append(campaign.shortfall())
+            elif status != RunStatus.FAILED:
+                message = f"{message} ({campaign.progress()} of run.target so far)"
         if status == RunStatus.COMPLETED and health["problems"]:
             status = RunStatus.COMPLETED_WITH_PROBLEMS
             message = "completed, but " + "; ".join(health["problems"])
         summary = summarise(self.pipeline, self.run_dir, store, built.router, run_id, status, len(final), exports, message)
         summary.health = health
+        summary.target = campaign.as_dict() if campaign is not None else None
         summary.exit_code = EXIT_CODES.get(status, 1) if exit_code is None else exit_code
         (self.run_dir / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str), encoding="utf-8")
         (self.run_dir / "report.md").write_text(render_report(summary), encoding="utf-8")

@@ -28,7 +28,38 @@ if TYPE_CHECKING:
     from .sandbox import CommandResult
 
 SCHEMA_VERSION = 1
-SOURCE_ITEM = "__source__"  # the (pseudo) input item of a source stage
+SOURCE_ITEM = "__source__"  # the (pseudo) input item of a source stage's first draw
+
+
+def source_row_sql(column: str = "item_id") -> str:
+    """SQL that is true for a source stage's step of any draw (``__source__``, ``__source__#2``...)."""
+    return f"({column} = '{SOURCE_ITEM}' OR {column} GLOB '{SOURCE_ITEM}#*')"
+
+
+_IS_SOURCE = source_row_sql()
+#: SQL: a part of draw ``?`` of a source stage (draw 0: no ``#n`` suffix; draw n: ``...#n``)
+_OF_DRAW = "((? = 0 AND instr(item_id, '#') = 0) OR item_id GLOB ('*#' || ?))"
+
+
+def source_item(draw: int = 0) -> str:
+    """The pseudo input item of a source stage's draw ``draw`` (a campaign asks it again: ``run.target``)."""
+    return SOURCE_ITEM if draw == 0 else f"{SOURCE_ITEM}#{draw}"
+
+
+def is_source_item(item_id: str) -> bool:
+    """Whether ``item_id`` is a source stage's pseudo item (of any draw), not a real item."""
+    return item_id == SOURCE_ITEM or item_id.startswith(SOURCE_ITEM + "#")
+
+
+def draw_of(item_id: str) -> int:
+    """The draw a source stage's pseudo item, or a part recorded by it (``category:x#3``), belongs to."""
+    head, sep, tail = item_id.rpartition("#")
+    return int(tail) if sep and head and tail.isdigit() else 0
+
+
+def part_id(name: str, draw: int) -> str:
+    """The id under which a source stage records one part of draw ``draw`` (e.g. a taxonomy category)."""
+    return name if draw == 0 else f"{name}#{draw}"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -222,21 +253,38 @@ class RunStore:
             (item_id, stage_index, stage_name, status, reason, detail, now, now, failure_kind if status == StepStatus.FAILED else None),
         )
 
-    def failed_parts(self, stage_index: int) -> list[dict[str, Any]]:
-        """``failed`` outcomes recorded at a source stage for parts of its work (not the stage itself)."""
+    def failed_parts(self, stage_index: int, draw: int = 0) -> list[dict[str, Any]]:
+        """``failed`` outcomes recorded at a source stage for parts of one draw's work (not the stage itself)."""
         rows = self._query(
-            "SELECT * FROM stage_runs WHERE stage_index = ? AND status = 'failed' AND item_id != ? ORDER BY item_id",
-            (stage_index, SOURCE_ITEM),
+            f"SELECT * FROM stage_runs WHERE stage_index = ? AND status = 'failed' AND NOT {_IS_SOURCE} AND {_OF_DRAW} "
+            "ORDER BY item_id",
+            (stage_index, draw, draw),
         )
         return [dict(r) for r in rows]
 
-    def forget_failed_parts(self, stage_index: int, *, before: float) -> int:
-        """After the source stage ran again: drop its failed parts not recorded again since ``before``."""
+    def forget_failed_parts(self, stage_index: int, *, before: float, draw: int = 0) -> int:
+        """After a source stage's draw ran again: drop its failed parts not recorded again since ``before``."""
         cur = self._execute(
-            "DELETE FROM stage_runs WHERE stage_index = ? AND status = 'failed' AND item_id != ? AND COALESCE(finished, 0) < ?",
-            (stage_index, SOURCE_ITEM, before),
+            f"DELETE FROM stage_runs WHERE stage_index = ? AND status = 'failed' AND NOT {_IS_SOURCE} AND {_OF_DRAW} "
+            "AND COALESCE(finished, 0) < ?",
+            (stage_index, draw, draw, before),
         )
         return int(cur.rowcount or 0)
+
+    def source_draws(self, stage_index: int = 0) -> list[tuple[int, dict[str, Any]]]:
+        """Every recorded draw of a source stage, as (draw number, row), in draw order."""
+        rows = self._query(f"SELECT * FROM stage_runs WHERE stage_index = ? AND {_IS_SOURCE}", (stage_index,))
+        return sorted(((draw_of(r["item_id"]), dict(r)) for r in rows), key=lambda pair: pair[0])
+
+    def source_outputs(self, stage_index: int = 0, *, before_draw: int | None = None) -> list[Item]:
+        """The items of a source stage's finished draws (those before ``before_draw`` if given), in draw order."""
+        items: list[Item] = []
+        for draw, row in self.source_draws(stage_index):
+            if before_draw is not None and draw >= before_draw:
+                break
+            if row["status"] == StepStatus.DONE:
+                items += self.outputs_of(row)
+        return items
 
     def reset_stage(self, item_id: str, stage_index: int) -> None:
         """Forget an unfinished attempt (e.g. stopped by the budget) so a resume redoes it."""
@@ -255,11 +303,10 @@ class RunStore:
         return [
             dict(r)
             for r in self._query(
-                """SELECT stage_index, stage_name, status, failure_kind,
-                          SUM(CASE WHEN item_id = ? AND status = 'done' THEN json_array_length(COALESCE(outputs, '[]')) ELSE 1 END) AS n
+                f"""SELECT stage_index, stage_name, status, failure_kind,
+                          SUM(CASE WHEN {_IS_SOURCE} AND status = 'done' THEN json_array_length(COALESCE(outputs, '[]')) ELSE 1 END) AS n
                    FROM stage_runs
-                   GROUP BY stage_index, stage_name, status, failure_kind ORDER BY stage_index, status, failure_kind""",
-                (SOURCE_ITEM,),
+                   GROUP BY stage_index, stage_name, status, failure_kind ORDER BY stage_index, status, failure_kind"""
             )
         ]
 
@@ -271,13 +318,12 @@ class RunStore:
         rest, including failures recorded before run.db kept the distinction).
         """
         rows = self._query(
-            """SELECT stage_index, stage_name, status, COUNT(*) AS n,
-                      SUM(CASE WHEN item_id = ? THEN 0 ELSE 1 END) AS items,
-                      SUM(CASE WHEN item_id != ? AND failure_kind = 'infrastructure' THEN 1 ELSE 0 END) AS infra,
-                      SUM(CASE WHEN item_id = ? THEN json_array_length(COALESCE(outputs, '[]')) ELSE 0 END) AS produced,
+            f"""SELECT stage_index, stage_name, status, COUNT(*) AS n,
+                      SUM(CASE WHEN {_IS_SOURCE} THEN 0 ELSE 1 END) AS items,
+                      SUM(CASE WHEN NOT {_IS_SOURCE} AND failure_kind = 'infrastructure' THEN 1 ELSE 0 END) AS infra,
+                      SUM(CASE WHEN {_IS_SOURCE} THEN json_array_length(COALESCE(outputs, '[]')) ELSE 0 END) AS produced,
                       COALESCE(SUM(json_array_length(COALESCE(outputs, '[]'))), 0) AS outs
-               FROM stage_runs GROUP BY stage_index, stage_name, status ORDER BY stage_index""",
-            (SOURCE_ITEM, SOURCE_ITEM, SOURCE_ITEM),
+               FROM stage_runs GROUP BY stage_index, stage_name, status ORDER BY stage_index"""
         )
         report: dict[int, dict[str, Any]] = {}
         for row in rows:
@@ -311,8 +357,7 @@ class RunStore:
         """Every finished step of a real item (not a source stage's pseudo-item): id, status, failure kind."""
         rows = self._query(
             "SELECT item_id, stage_index, status, failure_kind FROM stage_runs "
-            "WHERE item_id != ? AND status IN ('done', 'rejected', 'failed') ORDER BY item_id, stage_index",
-            (SOURCE_ITEM,),
+            f"WHERE NOT {_IS_SOURCE} AND status IN ('done', 'rejected', 'failed') ORDER BY item_id, stage_index"
         )
         return [dict(r) for r in rows]
 

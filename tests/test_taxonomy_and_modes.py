@@ -150,6 +150,8 @@ class _FakeClient:
 
 
 class _FakeCtx:
+    draw = 0  # the first draw of the source stage (a campaign's later draws are tested in test_campaign.py)
+
     def __init__(self, client: _FakeClient, config_dir: Path) -> None:
         self.client, self.config_dir, self.messages = client, config_dir, []
 

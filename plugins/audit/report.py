@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from termigen_core.status import FailureKind, StepStatus
-from termigen_core.store import SOURCE_ITEM, RunStore
+from termigen_core.store import RunStore, is_source_item
 
 from .stage import BUILD_FAILED, ERROR, IMPORT_FAILED, INFRA_ERROR, NO_SOLUTION, PENDING, VALID, VERDICTS, clip
 
@@ -52,7 +52,7 @@ def audit_rows(store: RunStore, audit_stage: int) -> list[dict[str, Any]]:
     """One result per task the run knows of, sorted by id."""
     by_item: dict[str, dict[int, dict[str, Any]]] = {}
     for row in store.stage_rows():
-        if row["item_id"] != SOURCE_ITEM:
+        if not is_source_item(row["item_id"]):
             by_item.setdefault(row["item_id"], {})[row["stage_index"]] = row
     results = []
     for item_id in sorted(by_item):

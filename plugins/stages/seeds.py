@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class SeedsConfig(ComponentConfig):
     source: ComponentRef = ref_field("seed_source", default="taxonomy", description="the seed source: NAME or {use: NAME, with: {...}}")
     dedup_threshold: float = Field(default=0.7, gt=0, le=1, description="word-set similarity at which a seed is a duplicate")
-    limit: int | None = Field(default=None, ge=1, description="keep at most this many seeds")
+    limit: int | None = Field(default=None, ge=1, description="keep at most this many seeds (per draw, in a campaign)")
 
     @model_validator(mode="before")
     @classmethod
@@ -56,23 +56,37 @@ class SeedsStage(Stage):
     description = "Task seeds from a seed source (taxonomy+LLM, file, ...), near-duplicates dropped."
     Config = SeedsConfig
     source = True
+    draws_again = True
     produces = ("seed",)
     roles = ("seeder",)
 
     def produce(self, ctx: "StageContext") -> list[Item]:
+        """The seeds of one draw: the first, or a later one a campaign (``run.target``) asks for.
+
+        A later draw keeps only seeds that no earlier draw kept, neither the same seed
+        nor a near-duplicate of one (``limit`` then applies to the new ones, so a seed
+        file is handed out ``limit`` seeds per draw).
+        """
         config: SeedsConfig = self.config  # type: ignore[assignment]
         source = ctx.component(config.source)
+        earlier = ctx.store.source_outputs(ctx.stage_index, before_draw=ctx.draw) if ctx.draw else []
+        earlier_ids = {item.id for item in earlier}
+        earlier_seeds = [item.data for item in earlier]
         seeds = [dict(seed) for seed in source.seeds(ctx) if str(seed.get("text", "")).strip()]  # type: ignore[attr-defined]
-        duplicates = {d.index: d for d in find_duplicates([s["text"] for s in seeds], config.dedup_threshold)}
+        seeds = [seed for seed in seeds if _seed_id(seed) not in earlier_ids]
+        found = find_duplicates([s["text"] for s in seeds], config.dedup_threshold, [s["text"] for s in earlier_seeds])
+        duplicates = {d.index: d for d in found}
         items: list[Item] = []
         for index, seed in enumerate(seeds):
             item_id = _seed_id(seed)
             if index in duplicates:
                 dup = duplicates[index]
+                of = earlier_seeds[dup.of_index] if dup.of_earlier else seeds[dup.of_index]
+                when = " drawn earlier" if dup.of_earlier else ""
                 ctx.store.record_outcome(
                     item_id, 0, self.name, StepStatus.REJECTED,
-                    f"near-duplicate (similarity {dup.score}) of seed: {seeds[dup.of_index]['text']}",
-                    json.dumps({"seed": seed, "duplicate_of": seeds[dup.of_index]}),
+                    f"near-duplicate (similarity {dup.score}) of seed{when}: {of['text']}",
+                    json.dumps({"seed": seed, "duplicate_of": of}),
                 )
                 continue
             if any(existing.id == item_id for existing in items):

@@ -4,13 +4,14 @@ Seeds are one-line abstracts, so a bag-of-words measure is the right tool:
 "Resolving gcc -l library not found errors" and "Fix gcc library not found
 (-l) errors" share almost every content word while differing in order and
 filler. Similarity is the Jaccard index of the content-word sets (lower-cased,
-light stemming, stop words dropped); quadratic in the number of seeds, which
-is fine for the thousands a run makes.
+light stemming, stop words dropped); kept fast by comparing only texts that share a content word.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9+#._-]*")
@@ -42,20 +43,45 @@ def similarity(a: frozenset[str], b: frozenset[str]) -> float:
 
 @dataclass(frozen=True)
 class Duplicate:
+    """``texts[index]`` repeats ``of``: an earlier kept text (``of_earlier``: one of ``earlier``)."""
+
     index: int
     of_index: int
     score: float
+    of_earlier: bool = False
 
 
-def find_duplicates(texts: list[str], threshold: float) -> list[Duplicate]:
-    """Indexes of texts at or above ``threshold`` similar to an earlier kept text."""
-    kept: list[tuple[int, frozenset[str]]] = []
+def find_duplicates(texts: list[str], threshold: float, earlier: Sequence[str] = ()) -> list[Duplicate]:
+    """Texts at or above ``threshold`` similar to an earlier kept text, or to one of
+    ``earlier`` (what a campaign's previous draws kept).
+
+    Two texts with no content word in common have similarity 0, so each text is only
+    compared with the kept texts that share a word with it (an inverted index): a campaign
+    checking a draw against thousands of earlier seeds stays fast.
+    """
+    if threshold <= 0:
+        raise ValueError("threshold must be above 0")
+    words_of: list[frozenset[str]] = []
+    origin: list[tuple[bool, int]] = []  # (from earlier?, index there) of each kept text
+    by_word: dict[str, list[int]] = defaultdict(list)
+
+    def keep(words: frozenset[str], from_earlier: bool, index: int) -> None:
+        position = len(words_of)
+        words_of.append(words)
+        origin.append((from_earlier, index))
+        for word in words:
+            by_word[word].append(position)
+
+    for index, text in enumerate(earlier):
+        keep(content_words(text), True, index)
     dropped: list[Duplicate] = []
     for index, text in enumerate(texts):
         words = content_words(text)
-        best = max(((similarity(words, w), i) for i, w in kept), default=(0.0, -1))
+        candidates = {k for word in words for k in by_word.get(word, ())} if words else set(range(len(words_of)))
+        best = max(((similarity(words, words_of[k]), k) for k in candidates), default=(0.0, 0))  # ties: the latest kept
         if best[0] >= threshold:
-            dropped.append(Duplicate(index, best[1], round(best[0], 3)))
+            from_earlier, of_index = origin[best[1]]
+            dropped.append(Duplicate(index, of_index, round(best[0], 3), from_earlier))
         else:
-            kept.append((index, words))
+            keep(words, False, index)
     return dropped

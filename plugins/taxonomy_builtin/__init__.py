@@ -44,6 +44,7 @@ from termigen_core.errors import (
 from termigen_core.llm import parse_json, with_schema
 from termigen_core.prompts import read_prompt
 from termigen_core.status import FailureKind, StepStatus
+from termigen_core.store import part_id
 from termigen_core.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ MAX_SEED_CHARS = 300
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*")
 #: Item id under which a category whose seeding failed is recorded in the run store.
 CATEGORY_ITEM_PREFIX = "category:"
+#: How many of a category's earlier seeds a later draw's prompt lists (the prompt stays short).
+EARLIER_SEEDS_SHOWN = 40
 
 log = logging.getLogger("termigen")
 
@@ -341,6 +344,9 @@ class TaxonomySeedSource(SeedSource):
             raise ConfigError(
                 [ConfigIssue("prompt", f"template has an unknown or malformed placeholder: {exc}")]
             ) from None
+        if ctx.draw:
+            earlier = earlier_seeds_by_category(ctx)
+            prompts = [with_earlier_seeds(prompt, earlier.get(c.id, [])) for c, prompt in zip(categories, prompts)]
         client = ctx.llm("seeder")
         failures: list[str] = []
         infrastructure = False
@@ -376,12 +382,35 @@ class TaxonomySeedSource(SeedSource):
     def _record_failure(self, ctx: StageContext, category: Category, status: StepStatus, exc: Exception) -> None:
         reason = f"seeding category {category.id} ({category.name}): {exc}"
         level = logging.WARNING if status == StepStatus.FAILED else logging.INFO  # as the runner logs its items
-        log.log(level, "stage %d %s: %s%s %s: %s", ctx.stage_index, ctx.stage_name, CATEGORY_ITEM_PREFIX, category.id, status, reason)
+        part = part_id(f"{CATEGORY_ITEM_PREFIX}{category.id}", ctx.draw)
+        log.log(level, "stage %d %s: %s %s: %s", ctx.stage_index, ctx.stage_name, part, status, reason)
         ctx.store.record_outcome(
-            f"{CATEGORY_ITEM_PREFIX}{category.id}", ctx.stage_index, ctx.stage_name, status, reason[:2000],
+            part, ctx.stage_index, ctx.stage_name, status, reason[:2000],
             json.dumps({"category": category.id, "error": type(exc).__name__}),
             failure_kind=FailureKind.INFRASTRUCTURE if status == StepStatus.FAILED else None,
         )
+
+
+def earlier_seeds_by_category(ctx: StageContext) -> dict[str, list[str]]:
+    """The seed texts earlier draws of this run kept, per category (a campaign's later draws)."""
+    earlier: dict[str, list[str]] = {}
+    for item in ctx.store.source_outputs(ctx.stage_index, before_draw=ctx.draw):
+        earlier.setdefault(str(item.data.get("category", "")), []).append(str(item.data.get("text", "")))
+    return earlier
+
+
+def with_earlier_seeds(prompt: str, earlier: list[str]) -> str:
+    """A later draw's prompt: the category's prompt, plus the seeds already kept, to be avoided.
+
+    Added after the (possibly user-written) template, so every template gets it.
+    """
+    if not earlier:
+        return prompt
+    shown = earlier[-EARLIER_SEEDS_SHOWN:]
+    return (
+        f"{prompt.rstrip()}\n\nThese seeds were proposed already for this category; write different ones "
+        f"(other tools, other failures, other goals), none that repeats these:\n{_bullets(shown)}\n"
+    )
 
 
 @hookimpl

@@ -27,7 +27,7 @@ from termigen_core.config import effective_train_on
 from termigen_core.items import Item
 from termigen_core.records import CriticVerdict, Step, TaskRecord, TrajectoryRecord
 from termigen_core.status import StepStatus
-from termigen_core.store import SOURCE_ITEM, RunStore
+from termigen_core.store import RunStore, is_source_item
 from termigen_plugins.exporters.sft import SFTConfig, exclusion_reason
 from termigen_plugins.exporters.sft_format import step_weight
 
@@ -275,13 +275,13 @@ class _Payloads:
         self.outputs = _Outputs(rows)
         self.by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in sorted(rows, key=lambda r: r["stage_index"]):
-            if row["item_id"] != SOURCE_ITEM:
+            if not is_source_item(row["item_id"]):
                 self.by_item[row["item_id"]].append(row)
         self.made_at: dict[str, tuple[str, int]] = {}  # item id -> the step whose outputs hold its latest payload
         self.produced_only: dict[str, int] = {}  # items with no step of their own -> the stage that made them
         for row in rows:
-            if row["item_id"] == SOURCE_ITEM and row["status"] == StepStatus.DONE:
-                self._read((SOURCE_ITEM, row["stage_index"]))
+            if is_source_item(row["item_id"]) and row["status"] == StepStatus.DONE:
+                self._read((row["item_id"], row["stage_index"]))
         for item_id, own in self.by_item.items():
             for row in reversed(own):
                 if row["status"] == StepStatus.DONE:

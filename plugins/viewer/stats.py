@@ -31,7 +31,7 @@ from termigen_core.errors import TermigenError
 from termigen_core.llm import PARSE_RETRY_PREFIX
 from termigen_core.runlock import is_locked
 from termigen_core.status import FailureKind, StepStatus
-from termigen_core.store import SOURCE_ITEM, RunStore
+from termigen_core.store import RunStore, is_source_item, source_row_sql
 
 from .tool_domains import domain_of
 
@@ -303,12 +303,11 @@ def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
 def _latest_outputs(db: sqlite3.Connection) -> Iterator[tuple[int, str, list[dict[str, Any]]]]:
     """``(stage_index, input item id, outputs)`` of each item's latest done step, and of the source steps."""
     cursor = db.execute(
-        """SELECT s.stage_index, s.item_id, s.outputs FROM stage_runs s
+        f"""SELECT s.stage_index, s.item_id, s.outputs FROM stage_runs s
            WHERE s.status = 'done' AND s.outputs IS NOT NULL
-             AND (s.item_id = ? OR s.stage_index =
+             AND ({source_row_sql("s.item_id")} OR s.stage_index =
                   (SELECT MAX(t.stage_index) FROM stage_runs t WHERE t.item_id = s.item_id AND t.status = 'done'))
-           ORDER BY s.stage_index""",
-        (SOURCE_ITEM,),
+           ORDER BY s.stage_index"""
     )
     for row in cursor:
         try:
@@ -331,7 +330,7 @@ class _ItemIndex:
         self._parent: dict[str, str] = {}
         self.source_outputs: list[tuple[int, dict[str, Any]]] = []
         for stage_index, input_id, outputs in latest:
-            if input_id == SOURCE_ITEM:
+            if is_source_item(input_id):
                 self.source_outputs.extend((stage_index, item) for item in outputs)
             for item in outputs:
                 item_id = str(item.get("id", ""))
@@ -592,7 +591,7 @@ def _trajectory_figures(items: _ItemIndex) -> TrajectoryFigures:
 
 def _step_outcomes(db: sqlite3.Connection) -> list[tuple[str, int, str]]:
     """``(item id, stage index, status)`` of every step of a real item (no outputs read)."""
-    rows = db.execute("SELECT item_id, stage_index, status FROM stage_runs WHERE item_id != ?", (SOURCE_ITEM,))
+    rows = db.execute(f"SELECT item_id, stage_index, status FROM stage_runs WHERE NOT {source_row_sql()}")
     return [(str(r["item_id"]), int(r["stage_index"]), str(r["status"])) for r in rows]
 
 
