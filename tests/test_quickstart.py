@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 
 import pytest
@@ -107,6 +108,33 @@ def test_quickstart_resumes_without_paying_again(quickstart_run):
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["llm"]["this_invocation"].get("paid", 0) == 0
+
+
+def test_raising_the_target_of_a_finished_run_draws_again_and_says_how_far_it_got(quickstart_run, tmp_path):
+    """A campaign on the real pipeline: the quickstart's run asked for 4 verified tasks afterwards.
+
+    The scripted seeder answers the second draw with the seeds it gave the first, so the draw
+    adds nothing: the run stops, exports what it has and says how far it got (exit 5)."""
+    run_dir, _ = quickstart_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    again = run_cli("run", str(run_dir.parent / "quickstart.yaml"), "--out", str(copy), "-s", "run.target.verified_tasks=4",
+                    timeout=600)
+    assert again.returncode == 5, again.stderr[-3000:]
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["target"]["goals"]["verified_tasks"] == {"wanted": 4, "reached": 3, "stage_index": 6}
+    assert summary["target"]["draws"] == 2
+    assert "run.target not met: 3 of 4 verified tasks after 2 draw(s); draw 2 gave no new items" in summary["message"]
+    # only the new draw's seeder calls were paid; every earlier step was replayed
+    paid = "SELECT role, COUNT(*) FROM llm_calls WHERE status = 'ok' AND source = 'backend' GROUP BY role"
+    before, after = dict(_rows(run_dir, paid)), dict(_rows(copy, paid))
+    assert {role: n - before.get(role, 0) for role, n in after.items() if n != before.get(role, 0)} == {"seeder": 3}
+    assert len(read_jsonl(copy / "export" / "trajectories.jsonl")) == 3
+
+
+def _rows(run_dir, sql: str) -> list[tuple]:
+    with sqlite3.connect(run_dir / "run.db") as db:
+        return db.execute(sql).fetchall()
 
 
 def test_quickstart_sft_exports_load_with_datasets(quickstart_run):
