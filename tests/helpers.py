@@ -31,3 +31,10 @@ def write_yaml(path: Path, data) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prune_run_images(run_dir: Path) -> None:
+    """Remove a test run's task images the way a user would (``termigen images prune --run``): only the
+    images that run holds, never one another run (another test process) holds at the same time."""
+    if (run_dir / "run.db").exists():
+        run_cli("images", "prune", "--run", str(run_dir), timeout=120)

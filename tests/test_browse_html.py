@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from helpers import ROOT, read_jsonl, run_cli
+from helpers import ROOT, prune_run_images, run_cli
 from termigen_core.items import Item
 from termigen_core.records import TrajectoryRecord
 from termigen_core.status import StepStatus
@@ -50,10 +49,7 @@ def quickstart_run(tmp_path_factory):
         assert result.returncode == 0, result.stderr[-4000:]
         yield run_dir
     finally:
-        exported = run_dir / "export" / "trajectories.jsonl"
-        images = {t["data"]["task"]["build"]["image"] for t in read_jsonl(exported)} if exported.exists() else set()
-        for image in images:
-            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+        prune_run_images(run_dir)
 
 
 # --- the store, read independently of the page's own records -----------------------------

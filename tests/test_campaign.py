@@ -259,3 +259,17 @@ def test_near_duplicates_against_earlier_draws_match_a_plain_all_pairs_search():
         else:
             assert index not in found
             kept.append((False, index, words))
+
+
+def test_the_report_page_says_how_far_the_campaign_got(tmp_path, page):
+    """report.html, opened in headless Chromium, shows the target line the summary holds."""
+    config = campaign_pipeline(tmp_path, target={"verified_tasks": 20, "max_draws": 2})
+    result = run_cli("run", str(config), "--plugin", str(TEST_PLUGIN), env={"TERMIGEN_HTML_PAGES": "1"})
+    assert result.returncode == 5, result.stderr
+    page.open(tmp_path / "run" / "report.html")
+    line = page.locator("#target").inner_text()
+    reached = summary(tmp_path)["target"]["goals"]["verified_tasks"]["reached"]
+    assert line.startswith("Target (not met):") and f"{reached} of 20 verified tasks" in line
+    assert "after 2 draw(s) of the first stage: run.target.max_draws (2) draws were made" in line
+    page.screenshot_to("report-campaign-not-met")
+    page.assert_clean()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
 
 import pytest
 
-from helpers import ROOT, read_jsonl, run_cli
+from helpers import ROOT, prune_run_images, read_jsonl, run_cli
 
 #: the run-end pages (report.html, browse.html), which the suite's other runs skip
 PAGES = {"TERMIGEN_HTML_PAGES": "1"}
@@ -24,14 +23,10 @@ def quickstart_run(tmp_path_factory):
     shutil.copy(ROOT / "examples" / "quickstart.script.yaml", work / "quickstart.script.yaml")
     run_dir = work / "run"
     result = run_cli("run", str(work / "quickstart.yaml"), "--out", str(run_dir), timeout=1200, env=PAGES)
-    images: set[str] = set()
     try:
         yield run_dir, result
     finally:
-        for item in read_jsonl(run_dir / "export" / "trajectories.jsonl") if (run_dir / "export" / "trajectories.jsonl").exists() else []:
-            images.add(item["data"]["task"]["build"]["image"])
-        for image in images:
-            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+        prune_run_images(run_dir)
 
 
 def stage(summary: dict, name: str) -> dict:

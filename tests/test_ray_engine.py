@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, read_jsonl, run_cli
+from helpers import ROOT, prune_run_images, read_jsonl, run_cli
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None  # not imported here: the CLI under test imports it
 
@@ -268,13 +268,8 @@ def ray_run(config: Path, run_dir: Path, ray_cluster: LocalRayCluster, *extra: s
 
 
 def remove_task_images(*run_dirs: Path) -> None:
-    images = set()
     for run_dir in run_dirs:
-        jsonl = run_dir / "export" / "trajectories.jsonl"
-        for item in read_jsonl(jsonl) if jsonl.exists() else []:
-            images.add(item["data"]["task"]["build"]["image"])
-    for image in images:
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+        prune_run_images(run_dir)
 
 
 @pytest.fixture(scope="module")

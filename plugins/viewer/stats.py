@@ -229,6 +229,8 @@ class RunStats:
     generated_at: float
     live: bool
     last_status: str | None
+    #: ``run.target`` as the last invocation left it (``summary.json``'s ``target``; None without one)
+    target: dict[str, Any] | None
     stages: tuple[StageFunnel, ...]
     reasons: tuple[ReasonGroup, ...]
     llm: tuple[LLMUse, ...]
@@ -262,12 +264,14 @@ def collect_run_stats(run_dir: Path) -> RunStats:
     items = _ItemIndex(latest)
     stages = tuple(_funnel(stage_report))
     trajectories = _trajectory_figures(items)
+    last = _last_summary(run_dir)
     return RunStats(
         run_id=run_id,
         run_dir=run_dir,
         generated_at=time.time(),
         live=is_locked(run_dir),
-        last_status=_last_status(run_dir),
+        last_status=str(last.get("status") or "") or None,
+        target=last.get("target") or None,
         stages=stages,
         reasons=tuple(group_reasons(rows)),
         llm=llm,
@@ -390,11 +394,13 @@ def _funnel(report: list[dict[str, Any]]) -> Iterator[StageFunnel]:
         )
 
 
-def _last_status(run_dir: Path) -> str | None:
+def _last_summary(run_dir: Path) -> dict[str, Any]:
+    """What the last invocation wrote to ``summary.json`` (empty while there is none, or it is unreadable)."""
     try:
-        return str(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("status") or "") or None
-    except (OSError, ValueError, AttributeError):
-        return None
+        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # --- rejection and failure reasons ------------------------------------------------------
