@@ -150,6 +150,7 @@ def build_services(
         images=ImagePolicy(cfg.images.base, dict(cfg.images.aliases)),
         container_slots=threading.BoundedSemaphore(cfg.run.container_concurrency),
         cancelled=cancelled,
+        run_options=cfg.run,
     )
     stages: list[Stage] = [instantiate(cls, opts, pipeline.config_dir) for cls, opts in pipeline.stages]  # type: ignore[misc]
     if any(stage.uses_executor for stage in stages):

@@ -74,6 +74,9 @@ class RunServices:
     #: (item id, stage name, "open"/"close", image) around every sandbox: the runner makes it the
     #: ``termigen_sandbox_event`` hook
     on_sandbox: Callable[[str, str, str, str], None] | None = None
+    #: The config's ``run`` section (a ``RunSection``): run-wide options a stage honours wherever
+    #: its step runs, a Ray worker included (the free-disk floor before a build, say). None: defaults.
+    run_options: Any = None
     _executor: "Executor | None" = None
     _executor_lock: threading.Lock = field(default_factory=threading.Lock)
     _components: dict[tuple[str, str, str], "Component"] = field(default_factory=dict)

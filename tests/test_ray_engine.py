@@ -400,6 +400,24 @@ def test_a_worker_node_killed_mid_run_leaves_its_steps_pending_and_a_resume_comp
 # --- bad input ----------------------------------------------------------------------
 
 
+@pytest.mark.docker
+@pytest.mark.slow
+@needs_ray
+def test_a_build_on_a_worker_honours_the_runs_disk_floor(cluster, private_base, tmp_path):
+    """run.min_free_disk_gb reaches the worker that builds (the run's options travel with its services)."""
+    run_dir = tmp_path / "run"
+    result = ray_run(quickstart_copy(tmp_path), run_dir, cluster, "-s", "run.min_free_disk_gb=1000000", "-s", "run.disk_wait_s=2")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert result.returncode == 1 and summary["status"] == "stopped", result.stderr[-3000:]
+        assert "not enough free disk for a build" in summary["message"]
+        builds = [r for r in step_rows(run_dir) if r["stage_name"] == "build"]
+        assert builds and all(r["status"] in ("failed", "pending") for r in builds)
+        assert any("below run.min_free_disk_gb = 1e+06 GB" in (r["reason"] or "") for r in builds)
+    finally:
+        remove_task_images(run_dir)
+
+
 def tiny_config(tmp_path: Path) -> Path:
     """A model-only pipeline (no container stage), so no engine other than Ray's is involved."""
     script = tmp_path / "script.yaml"

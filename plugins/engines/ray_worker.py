@@ -103,6 +103,7 @@ class WorkerRun:
             images=ImagePolicy(cfg.images.base or "", dict(cfg.images.aliases)),
             container_slots=threading.BoundedSemaphore(cfg.run.container_concurrency),
             cancelled=self.cancelled,
+            run_options=cfg.run,
         )
         # sandbox events (live displays, image janitors) go to the driver's listeners with the outcome
         self.services.on_sandbox = lambda *event: self.store.records.sandbox_events.append(event)  # type: ignore[attr-defined]

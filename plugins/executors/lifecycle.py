@@ -71,27 +71,13 @@ class LifecycleSettings:
     disk_wait_s: float = 600.0
 
     @classmethod
-    def of(cls, run: RunSection) -> LifecycleSettings:
+    def of(cls, run: RunSection | None) -> LifecycleSettings:
+        """The settings of a run's ``run`` section (``None``: the defaults)."""
+        if run is None:
+            from termigen_core.config import RunSection
+
+            run = RunSection()
         return cls(run.keep_images, run.min_free_disk_gb, run.disk_wait_s)
-
-    @classmethod
-    def defaults(cls) -> LifecycleSettings:
-        from termigen_core.config import RunSection
-
-        return cls.of(RunSection())
-
-
-#: run id → its settings, while its janitor is registered. Stages reach their run's
-#: settings here because a stage context carries no run-level options.
-_ACTIVE: dict[str, LifecycleSettings] = {}
-_ACTIVE_LOCK = threading.Lock()
-
-
-def settings_for(run_id: str) -> LifecycleSettings:
-    """The settings of run ``run_id`` (the defaults when no janitor is registered for it)."""
-    with _ACTIVE_LOCK:
-        found = _ACTIVE.get(run_id)
-    return found if found is not None else LifecycleSettings.defaults()
 
 
 # --- disk ----------------------------------------------------------------------------
@@ -372,8 +358,6 @@ class ImageJanitor:
         from .build import BuildIndex
 
         self.run_id = run_id
-        with _ACTIVE_LOCK:
-            _ACTIVE[run_id] = self.settings
         if not self.active:
             return
         try:
@@ -476,8 +460,6 @@ class ImageJanitor:
             if self._client is not None:
                 self._client.close()
                 self._client = None
-        with _ACTIVE_LOCK:
-            _ACTIVE.pop(self.run_id, None)
 
 
 @hookimpl
@@ -488,8 +470,7 @@ def termigen_run_listeners(pipeline: ResolvedPipeline) -> list[object]:
 
 def make_image_janitor(pipeline: ResolvedPipeline, host: PluginHost | None = None) -> ImageJanitor:
     """The janitor for one run of ``pipeline``: register it with ``host.pm`` for the run, like the
-    progress reporter. Inactive (it only publishes the run's disk settings) when no stage runs in
-    task images or the executor has no image API."""
+    progress reporter. Inactive when no stage runs in task images or the executor has no image API."""
     from termigen_core.components import instantiate
 
     consumers = [i for i, (cls, _) in enumerate(pipeline.stages) if getattr(cls, "uses_task_image", False)]

@@ -34,7 +34,7 @@ from termigen_core.llm import json_model
 from termigen_core.records import BuildInfo, TaskRecord, area_files, mark_executable, record_limits, write_binaries
 from termigen_core.safepaths import Limits, UnsafePath, check_tree, write_tree
 from termigen_plugins.executors.build import TASK_REPOSITORY
-from termigen_plugins.executors.lifecycle import disk_full_in, settings_for, wait_for_disk
+from termigen_plugins.executors.lifecycle import LifecycleSettings, disk_full_in, wait_for_disk
 
 from .synthesize import DOCKERFILE, check_dockerfile, file_listing, load_template, reserved_reason, spec_text
 
@@ -139,7 +139,7 @@ class BuildStage(Stage):
             mark_executable(record, {"environment": context})
             # below the run's free-disk floor a build waits (a full disk fails every build, and
             # a half-written image can corrupt the engine's storage): see executors/lifecycle.py
-            wait_for_disk(ctx.executor, settings_for(ctx.run_id), ctx.run_dir, say=ctx.log,
+            wait_for_disk(ctx.executor, LifecycleSettings.of(ctx.services.run_options), ctx.run_dir, say=ctx.log,
                           cancelled=lambda: ctx.cancelled)
             result = ctx.executor.build(str(context), tag, timeout_s=self.config.build_timeout_s)
             ctx.store.put_artifact(
