@@ -163,6 +163,9 @@ class Flow:
             pending: dict[Future[list[Item]], tuple[int, Item | None]] = {}
             remote = _RemoteSteps(self, engine) if engine is not None else None
             drawing = False
+            #: steps whose outcome the store already holds (a resume): no draw until they are replayed,
+            #: so a resumed campaign judges by what it has, and draws no more than it would have
+            replays: set[Future[list[Item]]] = set()
 
             def submit(items: list[Item], index: int) -> None:
                 for item in items:
@@ -175,15 +178,18 @@ class Flow:
                         if campaign is not None:
                             campaign.queued(item)
                         if remote is None:
-                            pending[pool.submit(self._step, stages[index], index, item)] = (index, item)
+                            future = pool.submit(self._step, stages[index], index, item)
                         else:
-                            pending[remote.submit(stages[index], index, item)] = (index, item)
+                            future = remote.submit(stages[index], index, item)
+                        pending[future] = (index, item)
+                        if campaign is not None and self._has_outcome(item, index):
+                            replays.add(future)
 
             submit(first, 1)
             try:
                 while True:
                     if (
-                        campaign is not None and not drawing and not self.stop.cancelled.is_set()
+                        campaign is not None and not drawing and not replays and not self.stop.cancelled.is_set()
                         and campaign.should_draw(len(pending), self.cfg.run.concurrency)
                     ):
                         drawing = True
@@ -197,6 +203,7 @@ class Flow:
                         remote.watch()
                     for future in done:
                         index, item = pending.pop(future)
+                        replays.discard(future)
                         outputs = future.result()
                         if item is None:
                             drawing = False
@@ -217,6 +224,11 @@ class Flow:
                     remote.close()
         # completion order depends on timing; exports must not
         return sorted(final, key=lambda item: item.id)
+
+    def _has_outcome(self, item: Item, index: int) -> bool:
+        """Whether the store holds a final outcome of this step (it will be replayed, not run)."""
+        row = self.services.store.stage_run(item.id, index)
+        return row is not None and row["status"] in (StepStatus.DONE, StepStatus.REJECTED)
 
     def _source_draws(self) -> list[Item]:
         """The source stage's first draw, then every later draw a campaign made before: a resume

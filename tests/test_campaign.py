@@ -9,8 +9,13 @@ seed sources), the real run store and scripted model replies; the stage that
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -273,3 +278,52 @@ def test_the_report_page_says_how_far_the_campaign_got(tmp_path, page):
     assert "after 2 draw(s) of the first stage: run.target.max_draws (2) draws were made" in line
     page.screenshot_to("report-campaign-not-met")
     page.assert_clean()
+
+
+def test_a_campaign_killed_mid_draw_resumes_and_pays_no_check_twice(tmp_path):
+    """SIGKILL once the second draw's seeds are being checked; the resume replays every draw and
+    the target is met with each seed checked (paid) once, but for checks cut off in flight."""
+    config = campaign_pipeline(tmp_path, target={"verified_tasks": 5}, limit=2)
+    raw = yaml.safe_load(config.read_text())
+    raw["stages"][1]["with"] = {"sleep_s": 0.4}
+    write_yaml(config, raw)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "termigen_core", "run", str(config), "--plugin", str(TEST_PLUGIN)],
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len([s for s in _source_steps_or_none(tmp_path) if s[1] == "done"]) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    paid_before = _paid_checks(tmp_path)
+    resumed = termigen_run(config)
+    assert resumed.returncode == 0, resumed.stderr
+    data = summary(tmp_path)
+    assert data["target"]["met"] is True
+    checks = _paid_checks(tmp_path)
+    # every seed drawn was checked exactly once (a cut-off call was never answered, so never recorded)
+    drawn = sum(n for _id, status, n in source_steps(tmp_path) if status == "done")
+    assert sum(checks.values()) == drawn and set(checks.values()) == {1}
+    assert set(paid_before) <= set(checks)
+
+
+def _source_steps_or_none(tmp_path: Path) -> list[tuple[str, str, int]]:
+    try:
+        return source_steps(tmp_path) if (tmp_path / "run" / "run.db").exists() else []
+    except sqlite3.OperationalError:  # the store is being created
+        return []
+
+
+def _paid_checks(tmp_path: Path) -> dict[str, int]:
+    with sqlite3.connect(tmp_path / "run" / "run.db") as db:
+        rows = db.execute("SELECT request FROM llm_calls WHERE role = 'worker' AND status = 'ok' AND source = 'backend'").fetchall()
+    asked = [json.loads(r[0])["messages"][-1]["content"] for r in rows]
+    return {text: asked.count(text) for text in set(asked)}
