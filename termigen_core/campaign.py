@@ -23,19 +23,28 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import TARGET_KINDS
 from .errors import ConfigIssue
+from .items import Item
 
 if TYPE_CHECKING:
     from .config import PipelineConfig
-    from .items import Item
     from .plugins import ComponentRegistry
 
 #: ``run.target`` goal → how the report names it.
-GOAL_LABELS = {"verified_tasks": "verified tasks", "trajectories": "trajectories"}
+GOAL_LABELS = {"verified_tasks": "verified tasks", "trajectories": "trajectories", "resolved_trajectories": "resolved trajectories"}
+
+
+def _resolved(item: Item) -> bool:
+    return item.has_trajectory() and item.trajectory().resolved
+
+
+#: goals that count only some of the items of their kind (the others count every one)
+GOAL_FILTERS: dict[str, Callable[[Item], bool]] = {"resolved_trajectories": _resolved}
 
 
 def counting_stages(config: PipelineConfig, registry: ComponentRegistry) -> tuple[dict[str, int], list[ConfigIssue]]:
@@ -85,6 +94,11 @@ class Goal:
     @property
     def label(self) -> str:
         return GOAL_LABELS.get(self.name, self.name)
+
+    def count(self, outputs: list[Item]) -> int:
+        """How many of a counting stage's outputs this goal counts."""
+        keep = GOAL_FILTERS.get(self.name)
+        return len(outputs) if keep is None else sum(1 for item in outputs if keep(item))
 
     def progress(self) -> str:
         return f"{self.reached} of {self.wanted} {self.label}"
@@ -145,8 +159,9 @@ class Campaign:
                 self._root_of[out.id] = root
             for goal in self.goals:
                 if goal.stage_index == stage_index and outputs:
-                    goal.reached += len(outputs)
-                    goal.by_root[root] += len(outputs)
+                    counted = goal.count(outputs)
+                    goal.reached += counted
+                    goal.by_root[root] += counted
             self._alive[root] -= 1
 
     def settle(self, item: Item) -> None:

@@ -58,6 +58,9 @@ class TargetSection(_Section):
     trajectories: int | None = Field(
         default=None, ge=1, description="trajectories that finished the last stage that hands on trajectories",
     )
+    resolved_trajectories: int | None = Field(
+        default=None, ge=1, description="of those, trajectories whose task's tests all passed (resolved)",
+    )
     max_draws: int = Field(
         default=50, ge=1,
         description="draws of the source stage at most (the first included): a stop for models whose spend is unknown",
@@ -65,8 +68,8 @@ class TargetSection(_Section):
 
     @model_validator(mode="after")
     def _some_goal(self) -> TargetSection:
-        if self.verified_tasks is None and self.trajectories is None:
-            raise ValueError("name a goal: verified_tasks: N and/or trajectories: N")
+        if all(getattr(self, name) is None for name in TARGET_KINDS):
+            raise ValueError(f"name a goal: {', '.join(f'{name}: N' for name in TARGET_KINDS)} (one or more)")
         return self
 
     def goals(self) -> dict[str, int]:
@@ -75,7 +78,7 @@ class TargetSection(_Section):
 
 
 #: ``run.target`` goal → the item kind it counts.
-TARGET_KINDS = {"verified_tasks": "task", "trajectories": "trajectory"}
+TARGET_KINDS = {"verified_tasks": "task", "trajectories": "trajectory", "resolved_trajectories": "trajectory"}
 
 
 class RunSection(_Section):

@@ -168,6 +168,17 @@ def test_a_trajectory_target_counts_the_trajectories_of_the_last_stage(tmp_path)
     assert data["target"]["goals"]["trajectories"]["stage_index"] == 2
 
 
+def test_resolved_trajectories_count_only_trajectories_whose_tests_passed(tmp_path):
+    config = campaign_pipeline(tmp_path, target={"resolved_trajectories": 3, "trajectories": 4}, fan=True)
+    result = termigen_run(config)
+    assert result.returncode == 0, result.stderr
+    goals = summary(tmp_path)["target"]["goals"]
+    trajectories = read_jsonl(tmp_path / "run" / "export" / "trajectories.jsonl")
+    resolved = [t for t in trajectories if t["data"]["trajectory"]["resolved"]]
+    assert goals["resolved_trajectories"]["reached"] == len(resolved) >= 3
+    assert goals["trajectories"]["reached"] == len(trajectories) == 2 * len(resolved)
+
+
 def test_no_target_draws_once(tmp_path):
     config = campaign_pipeline(tmp_path, target={"verified_tasks": 1})
     raw = yaml.safe_load(config.read_text())
