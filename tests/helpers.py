@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,13 @@ def prune_run_images(run_dir: Path) -> None:
     images that run holds, never one another run (another test process) holds at the same time."""
     if (run_dir / "run.db").exists():
         run_cli("images", "prune", "--run", str(run_dir), timeout=120)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test sends Ctrl-C (SIGINT) to.
+
+    A shell starts a background job with SIGINT ignored, and Python keeps it ignored, so
+    without this every Ctrl-C test would pass or fail by how the suite itself was started
+    (``.ci/run &`` from a script ignores it; a terminal does not).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from helpers import TEST_PLUGIN, run_cli, write_yaml
+from helpers import TEST_PLUGIN, default_sigint, run_cli, write_yaml
 from termigen_core.errors import TermigenError
 from termigen_core.sandbox import LABEL_MANAGED, LABEL_RUN, SandboxPathError, SandboxSpec
 
@@ -790,7 +790,7 @@ def _start_run(engine: Engine, config: Path, tmp_path: Path) -> subprocess.Popen
     log = (tmp_path / "run.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "termigen_core", "run", str(config), "--plugin", str(TEST_PLUGIN)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=default_sigint,
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support.openai_server import OpenAIServer, slow
 
-from helpers import TEST_PLUGIN, run_cli, write_yaml
+from helpers import TEST_PLUGIN, default_sigint, run_cli, write_yaml
 
 LABEL_RUN = "io.termigen.run"
 
@@ -39,7 +39,7 @@ def pipeline(tmp_path: Path, stage: dict, *, n: int, llm: dict | None = None, ru
 def start(config: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "termigen_core", "run", str(config), "--plugin", str(TEST_PLUGIN), "--no-progress"],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=log.open("w"),
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=log.open("w"), preexec_fn=default_sigint,
     )
 
 

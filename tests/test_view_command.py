@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from test_browse_html import all_item_ids, plant_hostile_item, quickstart_run, visible_ids  # noqa: F401 - the module's run
 
+from helpers import default_sigint
 from termigen_core.runlock import RunLock
 from termigen_core.store import RunStore
 from termigen_plugins.viewer.serve import PAGES, ViewServer
@@ -153,7 +154,8 @@ def test_termigen_view_prints_the_url_refuses_a_taken_port_and_stops_on_ctrl_c(p
     browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
     browser.chmod(0o755)
     command = [sys.executable, "-m", "termigen_core", "view", str(run_copy), "--port", "0", "--open"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "BROWSER": str(browser)})
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "BROWSER": str(browser)},
+                            preexec_fn=default_sigint)
     try:
         url = read_url(proc)
         assert url.startswith("http://127.0.0.1:")
