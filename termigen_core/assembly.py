@@ -22,7 +22,7 @@ import yaml
 from .components import Stage, instantiate
 from .config import PipelineConfig, ResolvedPipeline
 from .context import ImagePolicy, RunServices
-from .errors import MissingSecret, RunDirectoryMismatch
+from .errors import ExecutorUnavailable, MissingSecret, RunDirectoryMismatch
 from .failures import failure_reason
 from .llm import LLMRouter, role_backend_options
 from .plugins import ComponentRegistry, PluginHost
@@ -147,7 +147,7 @@ def build_services(
         executor_factory=make_executor,
         # limits are the executor's own (its config); Ctrl-C stops running commands at once
         sandbox_defaults=SandboxSpec(image=cfg.images.base, cancel=cancelled),
-        images=ImagePolicy(cfg.images.base, dict(cfg.images.aliases)),
+        images=ImagePolicy.from_config(cfg.images, pipeline.executor[0]),
         container_slots=threading.BoundedSemaphore(cfg.run.container_concurrency),
         cancelled=cancelled,
         run_options=cfg.run,
@@ -155,6 +155,9 @@ def build_services(
     stages: list[Stage] = [instantiate(cls, opts, pipeline.config_dir) for cls, opts in pipeline.stages]  # type: ignore[misc]
     if any(stage.uses_executor for stage in stages):
         services.executor.check()
+        missing = services.images.missing_catalog(services.executor)
+        if missing:
+            raise ExecutorUnavailable(f"cannot start the run: {missing}")
         reap_containers(services.executor, run_id)
     return Assembly(services, router, stages)
 

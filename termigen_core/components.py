@@ -247,6 +247,10 @@ class Executor(Component):
     kind = "executor"
     #: The base image generated environments use when ``images.base`` is not set.
     default_base_image: ClassVar[str] = ""
+    #: Prebuilt images ``images.catalog`` may name, or None: an object with ``names()``,
+    #: ``describe(names, base) -> {tag: description}``, ``missing(executor, tags)`` and
+    #: ``missing_hint(tags)`` (the docker executors offer ``executors/catalog.py``'s).
+    image_catalog: ClassVar[Any] = None
 
     @abc.abstractmethod
     def check(self) -> None:

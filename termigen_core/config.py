@@ -153,9 +153,47 @@ class LLMSection(_Section):
 
 
 class ImagesSection(_Section):
+    """The images generated environments start FROM.
+
+    ``catalog`` opts into prebuilt domain images (``termigen images bootstrap --catalog``) that the
+    environment agent may start FROM instead of ``base``. It is off by default, so a pipeline that
+    does not ask for it sends the same prompts as before (stored and scripted answers still match).
+    Which names exist is the executor's to say (its ``image_catalog``), so names are checked in the
+    second pass (:meth:`catalog_issues`); this pass checks the shape.
+    """
+
     #: default: the executor's ``default_base_image`` (filled in by the second pass)
     base: str | None = Field(default=None, description="base image of generated environments (default: the executor's)")
     aliases: dict[str, str] = Field(default_factory=dict)
+    catalog: Literal["all"] | list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None,
+        description="catalog images the environment agent may start FROM besides images.base: all, or a list of names "
+        "(`termigen images list` shows them; default: none)",
+    )
+
+    def catalog_names(self, executor_cls: type) -> list[str]:
+        """The configured catalog names, ``all`` expanded with the executor's catalog (none if unset)."""
+        offered = getattr(executor_cls, "image_catalog", None)
+        if self.catalog is None:
+            return []
+        available = offered.names() if offered is not None else []
+        return list(available) if self.catalog == "all" else list(dict.fromkeys(self.catalog))
+
+    def catalog_issues(self, executor_cls: type, executor_name: str) -> list[ConfigIssue]:
+        """Names the executor's catalog does not have, each at its path (``images.catalog[1]``)."""
+        if self.catalog is None:
+            return []
+        offered = getattr(executor_cls, "image_catalog", None)
+        if offered is None:
+            return [ConfigIssue("images.catalog", f"executor {executor_name!r} has no image catalog: remove images.catalog")]
+        known = offered.names()
+        if self.catalog == "all":
+            return []
+        return [
+            ConfigIssue(f"images.catalog[{index}]", f"unknown catalog image {name!r}{did_you_mean(name, known)} "
+                        f"(the catalog has {', '.join(known)})")
+            for index, name in enumerate(self.catalog) if name not in known
+        ]
 
 
 #: what each ``dataset.train_on`` value trains on (documented in docs/config-reference.md)
@@ -749,6 +787,8 @@ def resolve_pipeline(
             images = images.model_copy(update={"base": base})
         else:
             issues.append(ConfigIssue("images.base", f"executor {executor_ref.use!r} names no default base image: set images.base"))  # type: ignore[union-attr]
+    if executor is not None:
+        issues += images.catalog_issues(executor[0], executor_ref.use)  # type: ignore[union-attr]
     llm, llm_issues, notes = _check_llm(registry, config.llm, roles_used)
     issues += llm_issues
     config, dataset_issues = fold_legacy_masking(config)

@@ -33,11 +33,42 @@ log = logging.getLogger("termigen")
 
 @dataclass(frozen=True)
 class ImagePolicy:
-    """Which base image generated environments use, and FROM-line aliases (glob → local tag)."""
+    """Which base images generated environments may use, and FROM-line aliases (glob → local tag).
+
+    ``catalog`` holds the prebuilt images a run opted into (``images.catalog``), each with the
+    description the environment agent reads; empty unless configured.
+    """
 
     #: the configured ``images.base`` (the config's second pass fills in the executor's default)
     base: str = ""
     aliases: dict[str, str] = field(default_factory=dict)
+    #: catalog image tag → what it has installed (as the environment agent reads it)
+    catalog: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, images: Any, executor_cls: type) -> ImagePolicy:
+        """The policy of a resolved ``images`` section; catalog names are described by the executor's
+        ``image_catalog`` (the core knows no catalog of its own)."""
+        offered = getattr(executor_cls, "image_catalog", None)
+        names = images.catalog_names(executor_cls)
+        catalog = offered.describe(names, images.base or "") if offered is not None and names else {}
+        return cls(images.base or "", dict(images.aliases), catalog)
+
+    def bases(self) -> list[str]:
+        """Every image a generated Dockerfile may start FROM: the base, then the catalog images."""
+        return [self.base, *self.catalog]
+
+    def is_base(self, image: str) -> bool:
+        """Whether ``image`` (already resolved through the aliases) is one of :meth:`bases`."""
+        return image in {self.resolve(candidate) for candidate in self.bases()}
+
+    def missing_catalog(self, executor: Any) -> str | None:
+        """Why the run cannot start (catalog images the executor's engine lacks, and how to build them), or None."""
+        offered = getattr(executor, "image_catalog", None)
+        if offered is None or not self.catalog:
+            return None
+        missing = offered.missing(executor, list(self.catalog))
+        return offered.missing_hint(missing) if missing else None
 
     def resolve(self, image: str) -> str:
         """Rewrite ``image`` through the first matching alias pattern."""

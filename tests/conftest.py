@@ -41,6 +41,16 @@ def docker_client():
     client.close()
 
 
+@pytest.fixture(scope="session")
+def python_base_engine(docker_client):
+    """The Docker client, once ``termigen/python:bookworm`` (what generated tasks build FROM) exists."""
+    try:
+        docker_client.images.get("termigen/python:bookworm")
+    except Exception:  # noqa: BLE001
+        pytest.skip("termigen/python:bookworm is missing; run `termigen images bootstrap`")
+    return docker_client
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[OpenAIServer]:
     """One loopback OpenAI-compatible server per test module."""

@@ -141,12 +141,8 @@ def requests(run_dir: Path, role: str, name: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def engine(docker_client: Any) -> Any:
-    try:
-        docker_client.images.get(BASE)
-    except Exception:  # noqa: BLE001
-        pytest.skip(f"{BASE} is missing; run `termigen images bootstrap`")
-    return docker_client
+def engine(python_base_engine: Any) -> Any:
+    return python_base_engine
 
 
 @pytest.fixture(scope="module")

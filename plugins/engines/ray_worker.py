@@ -100,7 +100,7 @@ class WorkerRun:
             router=router,
             executor_factory=make_executor,
             sandbox_defaults=SandboxSpec(image=cfg.images.base or "", cancel=self.cancelled),
-            images=ImagePolicy(cfg.images.base or "", dict(cfg.images.aliases)),
+            images=ImagePolicy.from_config(cfg.images, registry.get("executor", executor_ref.use)),
             container_slots=threading.BoundedSemaphore(cfg.run.container_concurrency),
             cancelled=self.cancelled,
             run_options=cfg.run,

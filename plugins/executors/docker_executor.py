@@ -36,6 +36,7 @@ from termigen_core.errors import ExecutorUnavailable, TermigenError
 from termigen_core.sandbox import FILE_AREAS, LABEL_MANAGED, LABEL_RUN, LABEL_RUN_DIR, BuildResult, SandboxSpec
 
 from .build import BuildIndex, ImageBuilder, missing_image_hint, short_error
+from .catalog import BUILTIN_CATALOG
 from .output import DEFAULT_OUTPUT_LIMIT
 from .sandbox import DockerSandbox
 
@@ -60,6 +61,8 @@ class DockerExecutor(Executor):
     description = "Containers and image builds on a Docker-API engine (Docker; Podman has its own executor)."
     default = True
     default_base_image = "termigen/python:bookworm"  # python3 + pytest: task tests run with the image's own python
+    #: the prebuilt images ``images.catalog`` may name (``termigen images bootstrap --catalog``)
+    image_catalog = BUILTIN_CATALOG
 
     class Config(ComponentConfig):
         base_url: str | None = Field(

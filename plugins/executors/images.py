@@ -28,10 +28,10 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -39,6 +39,7 @@ from termigen_core import hookimpl
 from termigen_core.errors import ExecutorUnavailable, TermigenError
 
 from .build import lookup_image_id, short_id, split_tag, tag_image
+from .catalog import CATALOG_LABEL, MANIFEST_LABEL, MANIFEST_SCRIPT, RECIPE_LABEL, CatalogImage, Manifest, load_catalog
 
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -121,13 +122,29 @@ class _DockerEngine:
             raise TermigenError(f"building {tag} failed:\n{result.error}")
         return "cached build" if result.cached else ""
 
+    def run_script(self, tag: str, script: str) -> str:
+        """``bash -c script`` in a throw-away container of ``tag``; its standard output."""
+        import docker.errors
+
+        try:
+            out = self.client.containers.run(tag, ["bash", "-c", script], remove=True, stdout=True, stderr=False)
+        except docker.errors.ContainerError as exc:
+            raise TermigenError(f"reading {tag}'s packages failed: {exc}") from None
+        return out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
+
+    def relabel(self, tag: str, labels: dict[str, str]) -> None:
+        """Give ``tag`` extra labels (a one-line build FROM it: labels go through the API, unquoted)."""
+        with tempfile.TemporaryDirectory(prefix="termigen-label-") as tmp:
+            Path(tmp, "Dockerfile").write_text(f"FROM {self.image_id(tag)}\n")
+            self.client.images.build(path=tmp, tag=tag, labels=labels, rm=True, forcerm=True)
+
     def listing(self) -> list[dict[str, Any]]:
         rows = []
         for image in self.client.images.list():
             for tag in image.tags:
                 if not _listed(tag, image.labels or {}):
                     continue
-                rows.append({"tag": tag, "id": short_id(image.id),
+                rows.append({"tag": tag, "id": short_id(image.id), "labels": dict(image.labels or {}),
                              "size_mb": image.attrs.get("Size", 0) / 1e6, "created": image.attrs.get("Created", "")})
         return rows
 
@@ -176,6 +193,22 @@ class _PodmanEngine:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
             raise TermigenError(f"building {tag} with podman failed:\n{tail}")
         return ""
+
+    def run_script(self, tag: str, script: str) -> str:
+        proc = self._podman("run", "--rm", tag, "bash", "-c", script, timeout=300)
+        if proc.returncode != 0:
+            raise TermigenError(f"reading {tag}'s packages with podman failed: {proc.stderr.strip()[-2000:]}")
+        return proc.stdout
+
+    def relabel(self, tag: str, labels: dict[str, str]) -> None:
+        with tempfile.TemporaryDirectory(prefix="termigen-label-") as tmp:
+            Path(tmp, "Dockerfile").write_text(f"FROM {self.image_id(tag)}\n")
+            args = ["build"]
+            for key, value in labels.items():
+                args += ["--label", f"{key}={value}"]
+            proc = self._podman(*args, "-t", tag, tmp)
+            if proc.returncode != 0:
+                raise TermigenError(f"labelling {tag} with podman failed: {proc.stderr.strip()[-2000:]}")
 
     def copy_from_docker(self, tags: list[str], base_url: str | None) -> list[str]:
         """Load the termigen-made images among ``tags`` that Podman lacks from the Docker engine.
@@ -228,7 +261,7 @@ class _PodmanEngine:
                 short = name.removeprefix("localhost/")
                 if _listed(short, labels) and short not in seen:  # one entry per tag, each naming all tags
                     seen.add(short)
-                    rows.append({"tag": short, "id": short_id(str(image.get("Id", ""))),
+                    rows.append({"tag": short, "id": short_id(str(image.get("Id", ""))), "labels": dict(labels),
                                  "size_mb": image.get("Size", 0) / 1e6, "created": image.get("CreatedAt", "")})
         return rows
 
@@ -364,13 +397,17 @@ def bootstrap_images(
     force: bool = False,
     base_url: str | None = None,
     echo: Callable[[str], None] = lambda message: None,
+    catalog: Literal["all"] | Sequence[str] | None = None,
 ) -> list[ImageAction]:
-    """Make ``termigen/base:SUITE`` (+ ``debian:SUITE-slim``) and ``termigen/python:SUITE`` exist.
+    """Make ``termigen/base:SUITE`` (+ ``debian:SUITE-slim``) and ``termigen/python:SUITE`` exist,
+    and the catalog images ``catalog`` names (``all``; ``None``: none).
 
     Images already present are skipped unless ``force``; a no-op call costs
     one engine round trip per image. ``ca_bundle=None`` (or a missing default
-    bundle) builds images without an extra CA.
+    bundle) builds images without an extra CA. A catalog image is also rebuilt when
+    ``termigen/python`` was, or when its recipe in ``catalog.yaml`` changed.
     """
+    chosen = load_catalog().select(catalog) if catalog is not None else []  # unknown names fail before any work
     bundle = Path(ca_bundle) if ca_bundle else None
     if bundle is not None and not bundle.is_file():
         if str(ca_bundle) != DEFAULT_CA_BUNDLE:
@@ -383,7 +420,7 @@ def bootstrap_images(
         copied: set[str] = set()
         start = time.monotonic()
         if isinstance(backend, _PodmanEngine) and not force:
-            copied = set(backend.copy_from_docker([base, python], base_url))
+            copied = set(backend.copy_from_docker([base, python, *(image.tag(suite) for image in chosen)], base_url))
         copy_seconds = time.monotonic() - start
 
         def kept(tag: str, seconds: float) -> ImageAction:
@@ -415,7 +452,8 @@ def bootstrap_images(
             actions.append(ImageAction(alias, "skipped", 0.0, why))
 
         start = time.monotonic()
-        if force or base_made or backend.labels(python) is None:
+        python_made = force or base_made or backend.labels(python) is None
+        if python_made:
             with tempfile.TemporaryDirectory(prefix="termigen-python-") as tmp:
                 Path(tmp, "Dockerfile").write_text(
                     f"FROM {base}\n"
@@ -428,6 +466,12 @@ def bootstrap_images(
         else:
             actions.append(kept(python, time.monotonic() - start))
         current = {backend.image_id(python), backend.image_id(base)}
+        for image in chosen:
+            tag = image.tag(suite)
+            if tag in copied:
+                actions.append(kept(tag, 0.0))
+            else:
+                actions.append(_catalog_image(backend, image, python, tag, rebuild=python_made, echo=echo))
         for old in previous:  # images replaced by --force would otherwise linger untagged
             if old and old not in current:
                 backend.remove(old)
@@ -435,6 +479,30 @@ def bootstrap_images(
         detail = f" ({action.detail})" if action.detail else ""
         echo(f"{action.tag}: {action.action} in {action.seconds:.1f}s{detail}")
     return actions
+
+
+def _catalog_image(backend: _DockerEngine | _PodmanEngine, image: CatalogImage, python: str, tag: str, *,
+                   rebuild: bool, echo: Callable[[str], None]) -> ImageAction:
+    """Build one catalog image FROM ``python`` unless it exists with its current recipe and a manifest.
+
+    The manifest is read from the built image (``dpkg-query``, ``pip list``) and stored as a label.
+    """
+    start = time.monotonic()
+    labels = backend.labels(tag)
+    current = labels is not None and labels.get(RECIPE_LABEL) == image.recipe_hash() and Manifest.from_labels(labels)
+    if current and not rebuild:
+        return ImageAction(tag, "skipped", time.monotonic() - start, "exists")
+    old = backend.image_id(tag)
+    echo(f"{tag}: building ({len(image.apt)} Debian, {len(image.pip)} pip packages) ...")
+    with tempfile.TemporaryDirectory(prefix="termigen-catalog-") as tmp:
+        Path(tmp, "Dockerfile").write_text(image.dockerfile(python))
+        note = backend.build(Path(tmp), tag)
+    manifest = Manifest.from_output(image.name, image.recipe_hash(), backend.run_script(tag, MANIFEST_SCRIPT))
+    backend.relabel(tag, {MANIFEST_LABEL: manifest.to_label()})
+    if old and old != backend.image_id(tag):
+        backend.remove(old)  # the image this one replaces (best effort)
+    detail = f"manifest: {len(manifest.apt)} Debian and {len(manifest.pip)} pip packages" + (f"; {note}" if note else "")
+    return ImageAction(tag, "built", time.monotonic() - start, detail)
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -453,27 +521,46 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--suite", default=DEFAULT_SUITE, show_default=True, help="Debian suite.")
     @click.option("--engine", type=click.Choice(["docker", "podman"]), default="docker", show_default=True)
     @click.option("--force", is_flag=True, help="Rebuild images that already exist.")
-    def bootstrap_cmd(ca_bundle: Path | None, mirror: str, suite: str, engine: str, force: bool) -> None:
+    @click.option("--catalog", "with_catalog", is_flag=True,
+                  help="Also build the catalog images (termigen/catalog-NAME:SUITE; see `termigen images list`).")
+    @click.option("--only", "only", multiple=True, metavar="NAME",
+                  help="Build only this catalog image (repeatable; implies --catalog).")
+    def bootstrap_cmd(ca_bundle: Path | None, mirror: str, suite: str, engine: str, force: bool,
+                      with_catalog: bool, only: tuple[str, ...]) -> None:
         """Build termigen/base and termigen/python from debootstrap (skips existing images).
 
-        With --engine podman, images the Docker engine already has are copied from it.
+        With --catalog, also the catalog images (domain base images a run opts into with
+        images.catalog). With --engine podman, images the Docker engine already has are copied from it.
         """
+        known = load_catalog().names()
+        unknown = [name for name in only if name not in known]
+        if unknown:
+            raise click.UsageError(f"--only {unknown[0]}: no such catalog image; the catalog has {', '.join(known)}")
+        catalog: Literal["all"] | list[str] | None = list(only) if only else ("all" if with_catalog else None)
         start = time.monotonic()
         bootstrap_images(ca_bundle=ca_bundle or DEFAULT_CA_BUNDLE, mirror=mirror, suite=suite, engine=engine,
-                         force=force, echo=click.echo)
+                         force=force, echo=click.echo, catalog=catalog)
         click.echo(f"done in {time.monotonic() - start:.1f}s")
 
     @images_group.command("list")
     @click.option("--engine", type=click.Choice(["docker", "podman"]), default="docker", show_default=True)
     def list_cmd(engine: str) -> None:
-        """Show termigen's images on the engine."""
+        """Show termigen's images on the engine, and which catalog images are built."""
         rows = _engine(engine, None).listing()
         if not rows:
             click.echo("no termigen images; run `termigen images bootstrap`")
-            return
-        width = max(len(row["tag"]) for row in rows)
-        for row in sorted(rows, key=lambda r: r["tag"]):
-            click.echo(f"{row['tag']:<{width}}  {row['id']:<12}  {row['size_mb']:8.1f} MB  {row['created']}")
+        else:
+            width = max(len(row["tag"]) for row in rows)
+            for row in sorted(rows, key=lambda r: r["tag"]):
+                click.echo(f"{row['tag']:<{width}}  {row['id']:<12}  {row['size_mb']:8.1f} MB  {row['created']}")
+        built = {row["labels"].get(CATALOG_LABEL): row for row in rows if row["labels"].get(CATALOG_LABEL)}
+        click.echo("\ncatalog (images.catalog; `termigen images bootstrap --catalog` builds them):")
+        for name, image in load_catalog().images.items():
+            row = built.get(name)
+            manifest = Manifest.from_labels(row["labels"]) if row else None
+            state = (f"built, {len(manifest.apt)} Debian / {len(manifest.pip)} pip packages"
+                     if manifest else "built, no manifest" if row else "not built")
+            click.echo(f"  {name:<16} {state:<40} {image.summary}")
 
     @images_group.command("prune")
     @click.option("--run", "run", metavar="RUN_DIR_OR_ID", required=True,

@@ -29,6 +29,7 @@ from termigen_core.safepaths import check_tree
 
 from .taskfiles import (
     TaskFolderExporter,
+    exported_dockerfile,
     generator_name,
     local_images,
     own_runner,
@@ -87,10 +88,13 @@ class HarborExporter(TaskFolderExporter):
 
     def write_task(self, record: TaskRecord, folder: Path) -> None:
         materialize(record, folder, with_solution=False, read_blob=self.read_blob)  # environment/ and tests/, confined
+        dockerfile = exported_dockerfile(record.environment["Dockerfile"])
+        if dockerfile != record.environment["Dockerfile"]:  # FROM a catalog image: inlined, so it builds anywhere
+            write_file(folder / "environment" / "Dockerfile", dockerfile)
         write_binaries(record, {"solution": folder / "solution"}, self.read_blob)
         header = render(
             "harbor/task-header.toml.j2", title=record.title, generator=generator_name(),
-            local_images=local_images(record.environment["Dockerfile"]),
+            local_images=local_images(dockerfile),
         )
         write_file(folder / "task.toml", header.rstrip("\n") + "\n\n" + toml_dumps(self.task_config(record)))
         write_file(folder / "instruction.md", record.instruction.rstrip("\n") + "\n")

@@ -128,6 +128,15 @@ def local_images(dockerfile: str) -> list[str]:
     return [image for image in from_images(dockerfile) if image.startswith(LOCAL_IMAGE_PREFIXES)]
 
 
+def exported_dockerfile(dockerfile: str) -> str:
+    """The Dockerfile as exported: ``FROM`` a catalog image becomes the base image plus the catalog
+    image's own recipe, so the task builds where only ``termigen images bootstrap`` was run
+    (a harness on another machine has the base, never the catalog). Others are unchanged."""
+    from termigen_plugins.executors.catalog import inline_catalog
+
+    return inline_catalog(dockerfile)
+
+
 def validation_summary(record: TaskRecord) -> dict[str, Any]:
     """Counts of the fail-before / pass-after runs, and every run, as validation recorded them."""
     checks = record.validation.checks

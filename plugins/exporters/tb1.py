@@ -35,6 +35,7 @@ from termigen_core.safepaths import Limits, check_tree, write_tree
 
 from .taskfiles import (
     TaskFolderExporter,
+    exported_dockerfile,
     generator_name,
     local_images,
     own_runner,
@@ -114,7 +115,7 @@ class Tb1Exporter(TaskFolderExporter):
         }
 
     def dockerfile(self, record: TaskRecord) -> str:
-        original = record.environment["Dockerfile"]
+        original = exported_dockerfile(record.environment["Dockerfile"])
         packages = ["tmux", "asciinema"] if self.config.record_asciinema else ["tmux"]
         layer = render("tb1/harness-layer.Dockerfile.j2", packages=packages, user=final_user(original))
         return original.rstrip("\n") + "\n" + layer
@@ -135,7 +136,7 @@ class Tb1Exporter(TaskFolderExporter):
         mark_executable(record, {"environment": folder, "tests": folder / "tests"})
         header = render(
             "tb1/task-header.yaml.j2", title=record.title, generator=generator_name(),
-            local_images=local_images(record.environment["Dockerfile"]),
+            local_images=local_images(environment["Dockerfile"]),
         )
         body = yaml.dump(self.task_yaml(record), Dumper=_LiteralDumper, sort_keys=False, allow_unicode=True, width=4096)
         write_file(folder / "task.yaml", header.rstrip("\n") + "\n\n" + body)

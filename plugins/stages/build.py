@@ -36,7 +36,7 @@ from termigen_core.safepaths import Limits, UnsafePath, check_tree, write_tree
 from termigen_plugins.executors.build import TASK_REPOSITORY
 from termigen_plugins.executors.lifecycle import LifecycleSettings, disk_full_in, wait_for_disk
 
-from .synthesize import DOCKERFILE, check_dockerfile, file_listing, load_template, reserved_reason, spec_text
+from .synthesize import DOCKERFILE, check_dockerfile, current_base, file_listing, load_template, reserved_reason, spec_text
 
 if TYPE_CHECKING:
     from termigen_core.context import StageContext
@@ -201,7 +201,7 @@ class BuildStage(Stage):
         prompt = template.safe_substitute(
             title=record.title,
             spec=spec_text(item.data),
-            base_image=ctx.images.base,
+            base_image=current_base(environment.get(DOCKERFILE, ""), ctx.images),
             workdir=record.workdir,
             dockerfile=environment.get(DOCKERFILE, ""),
             files=file_listing(others, item.data.get("file_purposes"), self.config.context_chars),

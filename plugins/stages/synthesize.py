@@ -4,7 +4,8 @@ Three roles, as in the paper: the *planner* turns the spec into a file-system
 blueprint (each file with its purpose) plus the instruction the agent reads;
 the *constructor* writes each file separately (one call per file keeps every
 reply small enough to be complete, and a truncated reply costs one file, not
-the task); the *env agent* writes the Dockerfile on the configured base image.
+the task); the *env agent* writes the Dockerfile on the configured base image (or on the
+catalog image that already has most of what the task needs, when the run opted into the catalog).
 
 Everything a model writes is checked before it is accepted, and a failed
 check is a :class:`~termigen_core.errors.ParseError`, so the model is shown
@@ -12,7 +13,7 @@ why and answers again (bounded by the role's ``max_parse_retries``): paths
 must stay inside the task directory, the plan must not contain the Dockerfile,
 tests or a solution (they are other roles' work and must never be in the
 image), a file's reply must be one complete fenced block, and the Dockerfile
-must start FROM the configured base, set WORKDIR and pass the lint rules that
+must start FROM the configured base (or a configured catalog image), set WORKDIR and pass the lint rules that
 are errors (``--privileged``, host mounts, the Docker socket, copying tests
 or solutions). A role that never gets it right rejects the item with the
 reason: a quality gate, final, and kept in the store.
@@ -43,6 +44,29 @@ if TYPE_CHECKING:
 
 PROMPTS = Path(__file__).parent / "prompts"
 DOCKERFILE = "Dockerfile"
+#: The env agent's rule about ``FROM`` (``${base_image_rule}`` in env_agent.txt) without a catalog:
+#: the exact words of the prompt before there was one.
+ONLY_BASE_RULE = (
+    "the first instruction is `FROM ${base_image}` (the only base image available: Debian\n"
+    "  bookworm with python3, pip and pytest);"
+)
+#: ... and with catalog images (``images.catalog``), listed under it as ``${images}``.
+CATALOG_RULE = (
+    "the first instruction is `FROM` one of these images (no other image is available; each is\n"
+    "  Debian bookworm with python3, pip and pytest, plus what is listed):\n"
+    "${images}\n"
+    "  start FROM the one that already has most of what the task needs, and do not install again\n"
+    "  what it has (only the task's own files and the packages it lacks);"
+)
+
+
+def base_image_rule(images: "ImagePolicy") -> str:
+    """The env agent's ``FROM`` rule: the base alone, or the base and the catalog images with what each has."""
+    if not images.catalog:
+        return Template(ONLY_BASE_RULE).safe_substitute(base_image=images.base)
+    listing = [f"  - `{images.base}`: nothing more"]
+    listing += [f"  - `{tag}`: {description}" for tag, description in images.catalog.items()]
+    return Template(CATALOG_RULE).safe_substitute(images="\n".join(listing))
 
 
 def load_template(override: Path | None, default: str) -> Template:
@@ -88,16 +112,25 @@ def check_dockerfile(text: str, images: "ImagePolicy", workdir: str, environment
     instructions = parse(rewritten)
     problems: list[str] = []
     first = next((ins for ins in instructions if ins.keyword != "ARG"), None)
-    base = images.resolve(images.base)
     froms = from_images(instructions)
-    if first is None or first.keyword != "FROM":
-        problems.append(f"the Dockerfile must start with `FROM {images.base}`")
-    for index, found in enumerate(froms):
-        line, image = found.instruction.line, found.image
-        if index == 0 and image != base:
-            problems.append(f"line {line}: the base image must be {images.base} (found {image}); no other image is available")
-        elif index > 0 and image != base and not found.stage_ref:
-            problems.append(f"line {line}: FROM {image}: only {images.base} or an earlier build stage may be used")
+    if images.catalog:  # the run opted into catalog images: any of them, or the base
+        allowed = " or ".join(images.bases())
+        if first is None or first.keyword != "FROM":
+            problems.append(f"the Dockerfile must start with `FROM` one of {allowed}")
+        for found in froms:
+            if not found.stage_ref and not images.is_base(found.image):
+                problems.append(f"line {found.instruction.line}: FROM {found.image}: only {allowed} "
+                                "or an earlier build stage may be used")
+    else:  # the messages models were always shown (stored and scripted answers replay against them)
+        base = images.resolve(images.base)
+        if first is None or first.keyword != "FROM":
+            problems.append(f"the Dockerfile must start with `FROM {images.base}`")
+        for index, found in enumerate(froms):
+            line, image = found.instruction.line, found.image
+            if index == 0 and image != base:
+                problems.append(f"line {line}: the base image must be {images.base} (found {image}); no other image is available")
+            elif index > 0 and image != base and not found.stage_ref:
+                problems.append(f"line {line}: FROM {image}: only {images.base} or an earlier build stage may be used")
     workdirs = [ins.args.strip().strip("\"'") for ins in instructions if ins.keyword == "WORKDIR"]
     if workdir not in [w.rstrip("/") or "/" for w in workdirs]:
         problems.append(f"the Dockerfile must set `WORKDIR {workdir}` (where the agent works)")
@@ -105,6 +138,13 @@ def check_dockerfile(text: str, images: "ImagePolicy", workdir: str, environment
     if problems:
         raise ParseError("the Dockerfile is not acceptable: " + "; ".join(problems))
     return rewritten
+
+
+def current_base(dockerfile: str, images: "ImagePolicy") -> str:
+    """The image a repair must keep starting FROM: the configured catalog image the Dockerfile
+    starts FROM, else the base (so a repair never silently drops the catalog image's packages)."""
+    first = next((found.image for found in from_images(parse(dockerfile)) if not found.stage_ref), "")
+    return first if first in images.catalog else images.base
 
 
 def reserved_reason(path: str) -> str | None:
@@ -302,7 +342,9 @@ class SynthesizeStage(Stage):
         self, ctx: "StageContext", common: dict[str, str], files: dict[str, str], purposes: dict[str, str], workdir: str
     ) -> str:
         template = load_template(self.config.env_agent_prompt, "env_agent.txt")
-        prompt = template.safe_substitute(common, files=file_listing(files, purposes, self.config.context_chars))
+        prompt = template.safe_substitute(
+            common, files=file_listing(files, purposes, self.config.context_chars), base_image_rule=base_image_rule(ctx.images)
+        )
 
         def parse(text: str) -> str:
             return check_dockerfile(fenced_content(text, "Dockerfile"), ctx.images, workdir, files)

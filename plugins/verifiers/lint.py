@@ -99,7 +99,7 @@ def dockerfile_findings(
                 add(WARNING, ins, f"unpinned pip install of {package!r}; pin it (name==version) so the task does not drift")
 
     if images is not None:
-        allowed = {images.base, images.resolve(images.base), *images.aliases.values()}
+        allowed = {images.base, images.resolve(images.base), *images.aliases.values(), *images.catalog}
         for found in from_images(instructions):
             image = found.image
             if image not in allowed and not found.stage_ref and images.resolve(image) not in allowed:
