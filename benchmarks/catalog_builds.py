@@ -142,10 +142,10 @@ def base_manifest(client):
 
 
 def catalog_manifests(client) -> dict[str, object]:
-    from termigen_plugins.executors.catalog import Manifest, load_catalog
+    from termigen_plugins.executors.catalog import BUILTIN_CATALOG, Manifest
 
     found = {}
-    for image in load_catalog().images.values():
+    for image in BUILTIN_CATALOG.images.values():
         tag = image.tag("bookworm")
         try:
             manifest = Manifest.from_labels(client.images.get(tag).labels or {})

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -49,3 +50,21 @@ def default_sigint() -> None:
     (``.ci/run &`` from a script ignores it; a terminal does not).
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Return once ``condition()`` holds; fail if ``proc`` ends first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if it still runs (a test's cleanup)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)

@@ -15,13 +15,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import TEST_PLUGIN, read_jsonl, run_cli, write_yaml
+from helpers import TEST_PLUGIN, read_jsonl, run_cli, stop, wait_for, write_yaml
 
 SEEDS = [
     "Configure nginx reverse proxy caching headers",
@@ -303,17 +302,11 @@ def test_a_campaign_killed_mid_draw_resumes_and_pays_no_check_twice(tmp_path):
         env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len([s for s in _source_steps_or_none(tmp_path) if s[1] == "done"]) >= 2:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run finished before it could be killed"
+        wait_for(lambda: len([s for s in _source_steps_or_none(tmp_path) if s[1] == "done"]) >= 2, proc, "two draws were made")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     paid_before = _paid_checks(tmp_path)
     resumed = termigen_run(config)
     assert resumed.returncode == 0, resumed.stderr

@@ -34,9 +34,9 @@ def fence(text: str) -> str:
 
 
 def catalog():
-    from termigen_plugins.executors.catalog import load_catalog
+    from termigen_plugins.executors.catalog import BUILTIN_CATALOG
 
-    return load_catalog()
+    return BUILTIN_CATALOG
 
 
 def policy(*names: str) -> ImagePolicy:

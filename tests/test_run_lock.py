@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support.openai_server import OpenAIServer, slow
 
-from helpers import TEST_PLUGIN, default_sigint, run_cli, write_yaml
+from helpers import TEST_PLUGIN, default_sigint, run_cli, stop, wait_for, write_yaml
 
 LABEL_RUN = "io.termigen.run"
 
@@ -49,22 +49,6 @@ def db_rows(run_dir: Path, sql: str) -> list[tuple]:
             return db.execute(sql).fetchall()
     except sqlite3.OperationalError:  # not created yet
         return []
-
-
-def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def done_steps(run_dir: Path) -> int:

@@ -164,10 +164,6 @@ def suite_of(base: str) -> str:
 BUILTIN_CATALOG = Catalog(CATALOG_FILE)
 
 
-def load_catalog() -> Catalog:
-    return BUILTIN_CATALOG
-
-
 def _read_catalog(path: Path) -> dict[str, CatalogImage]:
     """Read and check a catalog file (a broken built-in one is this package's bug: the message says where)."""
     try:
@@ -256,7 +252,7 @@ def inline_catalog(dockerfile: str, catalog: Catalog | None = None,
     """
     from termigen_core.dockerfile import from_images, rewrite_from
 
-    catalog = catalog or load_catalog()
+    catalog = catalog or BUILTIN_CATALOG
     base_for = base_for or (lambda tag: f"termigen/python:{tag.rpartition(':')[2] or DEFAULT_SUITE}")
     inserts: list[tuple[int, str]] = []
     for found in from_images(dockerfile):

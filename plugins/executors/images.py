@@ -39,7 +39,7 @@ from termigen_core import hookimpl
 from termigen_core.errors import ExecutorUnavailable, TermigenError
 
 from .build import lookup_image_id, short_id, split_tag, tag_image
-from .catalog import CATALOG_LABEL, MANIFEST_LABEL, MANIFEST_SCRIPT, RECIPE_LABEL, CatalogImage, Manifest, load_catalog
+from .catalog import BUILTIN_CATALOG, CATALOG_LABEL, MANIFEST_LABEL, MANIFEST_SCRIPT, RECIPE_LABEL, CatalogImage, Manifest
 
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -407,7 +407,7 @@ def bootstrap_images(
     bundle) builds images without an extra CA. A catalog image is also rebuilt when
     ``termigen/python`` was, or when its recipe in ``catalog.yaml`` changed.
     """
-    chosen = load_catalog().select(catalog) if catalog is not None else []  # unknown names fail before any work
+    chosen = BUILTIN_CATALOG.select(catalog) if catalog is not None else []  # unknown names fail before any work
     bundle = Path(ca_bundle) if ca_bundle else None
     if bundle is not None and not bundle.is_file():
         if str(ca_bundle) != DEFAULT_CA_BUNDLE:
@@ -532,7 +532,7 @@ def register_commands(cli: click.Group) -> None:
         With --catalog, also the catalog images (domain base images a run opts into with
         images.catalog). With --engine podman, images the Docker engine already has are copied from it.
         """
-        known = load_catalog().names()
+        known = BUILTIN_CATALOG.names()
         unknown = [name for name in only if name not in known]
         if unknown:
             raise click.UsageError(f"--only {unknown[0]}: no such catalog image; the catalog has {', '.join(known)}")
@@ -555,7 +555,7 @@ def register_commands(cli: click.Group) -> None:
                 click.echo(f"{row['tag']:<{width}}  {row['id']:<12}  {row['size_mb']:8.1f} MB  {row['created']}")
         built = {row["labels"].get(CATALOG_LABEL): row for row in rows if row["labels"].get(CATALOG_LABEL)}
         click.echo("\ncatalog (images.catalog; `termigen images bootstrap --catalog` builds them):")
-        for name, image in load_catalog().images.items():
+        for name, image in BUILTIN_CATALOG.images.items():
             row = built.get(name)
             manifest = Manifest.from_labels(row["labels"]) if row else None
             state = (f"built, {len(manifest.apt)} Debian / {len(manifest.pip)} pip packages"
